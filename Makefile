@@ -1,0 +1,75 @@
+# kvcache: the two commands are `make run` and `make test`; both set up a fresh Debian
+# bookworm machine themselves (`make deps`), build, then run or test. `make help` lists all.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+LISTEN ?= 0.0.0.0:8080
+DATA_DIR ?= ./data
+
+# Debian packages the build, the tests and the benchmarks need.
+DEBIAN_PACKAGES := \
+  build-essential cmake ninja-build pkg-config git ca-certificates curl npm \
+  libpistache-dev libcpprest-dev prometheus-cpp-dev nlohmann-json3-dev libgtest-dev \
+  libgmock-dev libbenchmark-dev libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev \
+  libxxhash-dev libssl-dev \
+  python3 python3-venv python3-pytest python3-requests python3-selenium \
+  chromium chromium-driver \
+  wrk nginx-light webdis redis-server redis-tools
+
+.PHONY: help deps build test test-unit test-integration run bench clean format
+
+help: ## Show the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
+
+deps: ## Install missing Debian packages and the test venv (idempotent)
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	else \
+	  echo "Debian packages: all present"; \
+	fi
+	@tests/integration/setup_venv.sh $(BUILD_DIR)/venv
+
+$(BUILD_DIR)/build.ninja:
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD_DIR)/build.ninja ## Build everything into build/bin/
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: build ## Build and run every test (unit, then integration)
+	cd $(BUILD_DIR) && ctest --output-on-failure -L unit -j $(JOBS)
+	cd $(BUILD_DIR) && ctest --output-on-failure -L integration
+
+test-unit: build ## Only the unit tests
+	cd $(BUILD_DIR) && ctest --output-on-failure -L unit -j $(JOBS)
+
+test-integration: build ## Only the black-box tests against the real binary
+	cd $(BUILD_DIR) && ctest --output-on-failure -L integration
+
+run: build ## Run one node on :8080 with data in ./data (Ctrl-C stops it)
+	@echo "kvcache-node on $(LISTEN), data in $(DATA_DIR). Try, from another shell:"
+	@echo "  curl -i -X PUT --data-binary 'hello' http://127.0.0.1:8080/v1/greeting"
+	@echo "  curl -i http://127.0.0.1:8080/v1/greeting"
+	@echo "  curl -i -X PUT --data-binary 'soon gone' 'http://127.0.0.1:8080/v1/temp?ttl=30'"
+	@echo "  curl -s 'http://127.0.0.1:8080/v1?prefix=g'"
+	@echo "  curl -i -X DELETE http://127.0.0.1:8080/v1/greeting"
+	@echo "  curl -s http://127.0.0.1:8080/metrics | grep kvcache_node_keys"
+	@echo "  open http://127.0.0.1:8080/docs (API reference with try-it-out)"
+	exec $(BUILD_DIR)/bin/kvcache-node --listen $(LISTEN) --data-dir $(DATA_DIR)
+
+bench: build ## Side-by-side benchmark against nginx and webdis+redis (see bench/README.md)
+	bench/run.sh $(BUILD_DIR)/bin/kvcache-node
+
+format: ## clang-format the C++ sources
+	find cache-node tests/unit -name '*.cc' -o -name '*.h' | xargs clang-format -i
+
+clean: ## Remove the build directory
+	rm -rf $(BUILD_DIR)

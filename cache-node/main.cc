@@ -1,0 +1,261 @@
+// kvcache-node: one cache node. Parses flags (each with a KVCACHE_* environment twin), builds
+// the store and the HTTP server, and runs until SIGTERM or SIGINT.
+//
+// Shutdown order (SIGTERM, e.g. from the kubelet):
+//   1. readiness turns false, so load balancers stop sending new requests;
+//   2. the HTTP server stops accepting and its workers finish the request in hand;
+//   3. background work (active expiry) stops; the process exits 0.
+#include <signal.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "server/http_server.h"
+#include "server/metrics.h"
+#include "server/node_api.h"
+#include "store/store.h"
+
+namespace kvcache::node {
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+
+struct Flags {
+  std::string listen = "0.0.0.0:8080";
+  std::string port_file;
+  std::string data_dir = "./data";
+  std::string max_memory = "0";
+  std::string eviction = "lru";
+  size_t max_key_bytes = 1024;
+  size_t max_value_bytes = 1 << 20;
+  std::string auth_token_file;
+  int threads = 0;
+  int header_timeout_seconds = 10;
+  int body_timeout_seconds = 60;
+  std::string log_format = "text";
+  std::string log_level = "info";
+};
+
+// "1048576", "512Mi", "2G": bytes with an optional Kubernetes-style suffix.
+StatusOr<uint64_t> ParseBytes(std::string_view text) {
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  if (digits == 0) return InvalidArgumentError("not a byte count: \"" + std::string(text) + "\"");
+  uint64_t value = std::stoull(std::string(text.substr(0, digits)));
+  std::string_view suffix = text.substr(digits);
+  static const std::pair<std::string_view, uint64_t> kSuffixes[] = {
+      {"", 1},          {"k", 1000},       {"K", 1000},       {"M", 1000000},
+      {"G", 1000000000}, {"Ki", 1ULL << 10}, {"Mi", 1ULL << 20}, {"Gi", 1ULL << 30},
+      {"Ti", 1ULL << 40}};
+  for (const auto& [name, multiplier] : kSuffixes) {
+    if (suffix == name) return value * multiplier;
+  }
+  return InvalidArgumentError("unknown size suffix \"" + std::string(suffix) +
+                              "\" (use K, M, G, Ki, Mi, Gi or Ti)");
+}
+
+void ConfigureLogging(const Flags& flags) {
+  if (flags.log_format == "json") {
+    spdlog::set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","msg":"%v"})",
+                        spdlog::pattern_time_type::utc);
+  } else {
+    // klog's layout: Lmmdd hh:mm:ss.uuuuuu threadid] message
+    spdlog::set_pattern("%L%m%d %H:%M:%S.%f %6t] %v");
+  }
+  spdlog::set_level(spdlog::level::from_str(flags.log_level));
+}
+
+// Runs the store's active expiry every 100 ms until stopped.
+class ExpiryLoop {
+ public:
+  explicit ExpiryLoop(Store& store) : store_(store), thread_([this] { Run(); }) {}
+  ~ExpiryLoop() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void Run() {
+    constexpr size_t kBudget = 2000;
+    std::unique_lock lock(mu_);
+    while (!stop_) {
+      lock.unlock();
+      // Keep going while there is a backlog, but let writers in between batches.
+      while (store_.ExpireSome(kBudget) == kBudget) std::this_thread::yield();
+      lock.lock();
+      cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stop_; });
+    }
+  }
+
+  Store& store_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+int Run(int argc, char** argv) {
+  Flags flags;
+  CLI::App app{"kvcache-node: a cache node serving GET/PUT/DELETE /v1/{key} over HTTP.\n"
+               "Every flag can also be set by the environment variable named after it."};
+  app.set_version_flag("--version", kVersion);
+  app.add_option("--listen", flags.listen, "Address to serve HTTP on (host:port; port 0 = any)")
+      ->envname("KVCACHE_LISTEN")
+      ->capture_default_str();
+  app.add_option("--port-file", flags.port_file,
+                 "Write the bound port to this file once serving (for scripts and tests)")
+      ->envname("KVCACHE_PORT_FILE");
+  app.add_option("--data-dir", flags.data_dir, "Directory for the node's data (created if absent)")
+      ->envname("KVCACHE_DATA_DIR")
+      ->capture_default_str();
+  app.add_option("--max-memory", flags.max_memory,
+                 "Memory limit for entries in bytes (suffixes K M G Ki Mi Gi); 0 = no limit")
+      ->envname("KVCACHE_MAX_MEMORY")
+      ->capture_default_str();
+  app.add_option("--eviction", flags.eviction,
+                 "At the memory limit: evict least recently used (lru), least frequently used "
+                 "(lfu), or refuse writes with 507 (noeviction)")
+      ->envname("KVCACHE_EVICTION")
+      ->check(CLI::IsMember({"lru", "lfu", "noeviction"}))
+      ->capture_default_str();
+  app.add_option("--max-key-bytes", flags.max_key_bytes, "Longest key; longer gets 414")
+      ->envname("KVCACHE_MAX_KEY_BYTES")
+      ->check(CLI::Range(size_t{1}, size_t{65536}))
+      ->capture_default_str();
+  app.add_option("--max-value-bytes", flags.max_value_bytes, "Largest value; larger gets 413")
+      ->envname("KVCACHE_MAX_VALUE_BYTES")
+      ->check(CLI::Range(size_t{1}, size_t{512} << 20))
+      ->capture_default_str();
+  app.add_option("--auth-token-file", flags.auth_token_file,
+                 "If set, /v1 and /flush require 'Authorization: Bearer <token in this file>'")
+      ->envname("KVCACHE_AUTH_TOKEN_FILE");
+  app.add_option("--threads", flags.threads, "HTTP worker threads; 0 = one per usable CPU")
+      ->envname("KVCACHE_THREADS")
+      ->check(CLI::Range(0, 256))
+      ->capture_default_str();
+  app.add_option("--header-timeout-seconds", flags.header_timeout_seconds,
+                 "Close clients that have not sent their headers within this time (408)")
+      ->envname("KVCACHE_HEADER_TIMEOUT_SECONDS")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
+  app.add_option("--body-timeout-seconds", flags.body_timeout_seconds,
+                 "Close clients that have not sent their body within this time (408)")
+      ->envname("KVCACHE_BODY_TIMEOUT_SECONDS")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
+  app.add_option("--log-format", flags.log_format, "text (klog-like) or json")
+      ->envname("KVCACHE_LOG_FORMAT")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+  app.add_option("--log-level", flags.log_level, "debug, info, warn or error")
+      ->envname("KVCACHE_LOG_LEVEL")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}))
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  ConfigureLogging(flags);
+
+  StatusOr<uint64_t> max_memory = ParseBytes(flags.max_memory);
+  if (!max_memory.ok()) {
+    spdlog::error("Invalid --max-memory: {}", max_memory.status().message());
+    return 2;
+  }
+  std::optional<std::string> token;
+  if (!flags.auth_token_file.empty()) {
+    std::ifstream in(flags.auth_token_file);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) {
+      text.pop_back();
+    }
+    if (!in.good() && !in.eof()) {
+      spdlog::error("Cannot read --auth-token-file path={}", flags.auth_token_file);
+      return 2;
+    }
+    if (text.empty()) {
+      spdlog::error("Empty or unreadable --auth-token-file path={}", flags.auth_token_file);
+      return 2;
+    }
+    token = std::move(text);
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(flags.data_dir, ec);
+  if (ec) {
+    spdlog::error("Cannot create --data-dir path={} error={}", flags.data_dir, ec.message());
+    return 2;
+  }
+
+  // Block the stop signals in every thread started from here on; the main thread waits for
+  // them with sigwait().
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  SystemClock clock;
+  StoreOptions store_options;
+  store_options.max_memory_bytes = *max_memory;
+  store_options.eviction = *ParseEvictionPolicy(flags.eviction);
+  Store store(store_options, clock);
+  std::atomic<bool> ready{false};
+  auto is_ready = [&ready] { return ready.load(); };
+  NodeMetrics metrics(store, is_ready, kVersion);
+
+  ApiOptions api_options;
+  api_options.max_key_bytes = flags.max_key_bytes;
+  api_options.max_value_bytes = flags.max_value_bytes;
+  api_options.auth_token = token;
+  NodeApi api(store, clock, api_options, is_ready, [&metrics] { return metrics.Render(); });
+
+  ServerOptions server_options;
+  server_options.listen = flags.listen;
+  server_options.threads = flags.threads;
+  // Room for the request line and headers on top of the largest value.
+  server_options.max_request_bytes = flags.max_value_bytes + flags.max_key_bytes * 3 + 64 * 1024;
+  server_options.header_timeout = std::chrono::seconds(flags.header_timeout_seconds);
+  server_options.body_timeout = std::chrono::seconds(flags.body_timeout_seconds);
+  HttpServer server(api, metrics, server_options);
+  ExpiryLoop expiry(store);
+
+  if (Status started = server.Start(); !started.ok()) {
+    spdlog::error("Failed to start HTTP server: {}", started.message());
+    return 1;
+  }
+  ready = true;
+  spdlog::info("Serving address={} port={} threads={} max_memory={} eviction={} auth={} "
+               "data_dir={} version={}",
+               flags.listen, server.port(), server.threads(), *max_memory, flags.eviction,
+               token ? "bearer" : "none", flags.data_dir, kVersion);
+  if (!flags.port_file.empty()) {
+    // Write then rename, so a reader never sees a partial number.
+    std::string tmp = flags.port_file + ".tmp";
+    std::ofstream(tmp) << server.port() << "\n";
+    std::filesystem::rename(tmp, flags.port_file, ec);
+    if (ec) spdlog::warn("Cannot write --port-file path={} error={}", flags.port_file, ec.message());
+  }
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  spdlog::info("Received {}, shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  ready = false;
+  server.Shutdown();
+  spdlog::info("Stopped keys={}", store.Stats().keys);
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvcache::node
+
+int main(int argc, char** argv) { return kvcache::node::Run(argc, argv); }

@@ -1,0 +1,261 @@
+#include "server/node_api.h"
+
+#include <nlohmann/json.hpp>
+
+#include "server/http_util.h"
+#include "server/static_assets.h"
+
+namespace kvcache::node {
+namespace {
+
+constexpr char kJson[] = "application/json";
+constexpr std::string_view kKeyPrefix = "/v1/";
+
+ApiResponse Error(int code, std::string_view message) {
+  ApiResponse r;
+  r.code = code;
+  r.body = JsonError(code, message);
+  r.content_type = kJson;
+  return r;
+}
+
+ApiResponse ErrorFrom(const Status& status) {
+  return Error(HttpCodeFor(status.code()), status.message());
+}
+
+ApiResponse MethodNotAllowed(const char* allow) {
+  ApiResponse r = Error(405, std::string("method not allowed; allowed: ") + allow);
+  r.allow = allow;
+  return r;
+}
+
+ApiResponse Text(int code, std::string body, std::string content_type = "text/plain") {
+  ApiResponse r;
+  r.code = code;
+  r.body = std::move(body);
+  r.content_type = std::move(content_type);
+  return r;
+}
+
+}  // namespace
+
+std::string_view MethodName(HttpMethod method) {
+  switch (method) {
+    case HttpMethod::kGet: return "GET";
+    case HttpMethod::kHead: return "HEAD";
+    case HttpMethod::kPut: return "PUT";
+    case HttpMethod::kPost: return "POST";
+    case HttpMethod::kDelete: return "DELETE";
+    case HttpMethod::kPatch: return "PATCH";
+    case HttpMethod::kOptions: return "OPTIONS";
+    case HttpMethod::kOther: return "OTHER";
+  }
+  return "OTHER";
+}
+
+NodeApi::NodeApi(Store& store, const Clock& clock, ApiOptions options,
+                 std::function<bool()> ready, std::function<std::string()> metrics_text)
+    : store_(store),
+      clock_(clock),
+      options_(std::move(options)),
+      ready_(std::move(ready)),
+      metrics_text_(std::move(metrics_text)) {}
+
+ApiResponse NodeApi::Handle(const ApiRequest& req) const {
+  std::string_view path = req.path;
+  // The data API first: it is the hot path.
+  if (path.substr(0, kKeyPrefix.size()) == kKeyPrefix && path.size() > kKeyPrefix.size()) {
+    if (auto denied = CheckAuth(req)) return *denied;
+    return HandleKey(req, path.substr(kKeyPrefix.size()));
+  }
+  if (path == "/v1" || path == "/v1/") {
+    if (auto denied = CheckAuth(req)) return *denied;
+    if (req.method != HttpMethod::kGet && req.method != HttpMethod::kHead) {
+      return MethodNotAllowed("GET, HEAD");
+    }
+    return HandleList(req);
+  }
+  if (path == "/flush") {
+    if (auto denied = CheckAuth(req)) return *denied;
+    if (req.method != HttpMethod::kDelete) return MethodNotAllowed("DELETE");
+    return HandleFlush();
+  }
+  const bool read_method = req.method == HttpMethod::kGet || req.method == HttpMethod::kHead;
+  if (path == "/healthz") {
+    if (!read_method) return MethodNotAllowed("GET, HEAD");
+    return Text(200, "ok\n");
+  }
+  if (path == "/readyz") {
+    if (!read_method) return MethodNotAllowed("GET, HEAD");
+    return ready_() ? Text(200, "ok\n") : Error(503, "not ready");
+  }
+  if (path == "/metrics") {
+    if (!read_method) return MethodNotAllowed("GET, HEAD");
+    return Text(200, metrics_text_(), "text/plain; version=0.0.4; charset=utf-8");
+  }
+  return HandleStatic(req);
+}
+
+std::optional<ApiResponse> NodeApi::CheckAuth(const ApiRequest& req) const {
+  if (!options_.auth_token) return std::nullopt;
+  constexpr std::string_view kBearer = "Bearer ";
+  if (req.authorization && req.authorization->size() > kBearer.size() &&
+      std::string_view(*req.authorization).substr(0, kBearer.size()) == kBearer &&
+      ConstantTimeEquals(std::string_view(*req.authorization).substr(kBearer.size()),
+                         *options_.auth_token)) {
+    return std::nullopt;
+  }
+  ApiResponse r = Error(401, req.authorization ? "invalid bearer token"
+                                               : "missing Authorization: Bearer <token> header");
+  r.www_authenticate = true;
+  return r;
+}
+
+ApiResponse NodeApi::HandleKey(const ApiRequest& req, std::string_view raw_key) const {
+  if (raw_key.find('/') != std::string_view::npos) {
+    return Error(400, "a key is one path segment: encode '/' in keys as %2F");
+  }
+  // Check the size before decoding: an encoded key is at least as long as the decoded one,
+  // and a key longer than the limit three times over cannot be valid however it is encoded.
+  if (raw_key.size() > options_.max_key_bytes * 3) {
+    return Error(414, "key longer than " + std::to_string(options_.max_key_bytes) + " bytes");
+  }
+  StatusOr<std::string> key = PercentDecode(raw_key);
+  if (!key.ok()) return ErrorFrom(key.status());
+  if (key->size() > options_.max_key_bytes) {
+    return Error(414, "key longer than " + std::to_string(options_.max_key_bytes) + " bytes");
+  }
+  switch (req.method) {
+    case HttpMethod::kGet:
+    case HttpMethod::kHead: return HandleGet(req, *key);
+    case HttpMethod::kPut: return HandlePut(req, *key);
+    case HttpMethod::kDelete: return HandleDelete(*key);
+    default: return MethodNotAllowed("GET, HEAD, PUT, DELETE");
+  }
+}
+
+ApiResponse NodeApi::HandleGet(const ApiRequest& req, const std::string& key) const {
+  StatusOr<GetResult> got = store_.Get(key, req.method == HttpMethod::kGet);
+  if (!got.ok()) return ErrorFrom(got.status());
+  if (req.if_none_match) {
+    StatusOr<EtagCondition> cond = ParseEtagCondition(*req.if_none_match);
+    if (!cond.ok()) return ErrorFrom(cond.status());
+    if (cond->any || std::find(cond->etags.begin(), cond->etags.end(), got->etag) !=
+                         cond->etags.end()) {
+      ApiResponse r;
+      r.code = 304;
+      r.etag = got->etag;
+      return r;
+    }
+  }
+  ApiResponse r;
+  r.code = 200;
+  r.body = std::move(got->value);
+  r.content_type = got->content_type.empty() ? "text/plain" : std::move(got->content_type);
+  r.etag = got->etag;
+  return r;
+}
+
+ApiResponse NodeApi::HandlePut(const ApiRequest& req, const std::string& key) const {
+  if (req.body.size() > options_.max_value_bytes) {
+    return Error(413, "value larger than " + std::to_string(options_.max_value_bytes) + " bytes");
+  }
+  PutRequest put;
+  put.key = key;
+  put.value = req.body;
+  if (req.content_type) put.content_type = *req.content_type;
+  if (put.content_type.size() > 255) return Error(400, "Content-Type longer than 255 bytes");
+  if (req.ttl) {
+    std::optional<int64_t> ttl = ParseNonNegativeInt(*req.ttl);
+    if (!ttl || *ttl == 0 || *ttl > options_.max_ttl_seconds) {
+      return Error(400, "ttl must be a whole number of seconds from 1 to " +
+                            std::to_string(options_.max_ttl_seconds));
+    }
+    put.expire_at_ms = clock_.NowMs() + *ttl * 1000;
+  }
+  for (auto [header, target] : {std::pair{&req.if_match, &put.if_match},
+                                std::pair{&req.if_none_match, &put.if_none_match}}) {
+    if (!*header) continue;
+    StatusOr<EtagCondition> cond = ParseEtagCondition(**header);
+    if (!cond.ok()) return ErrorFrom(cond.status());
+    *target = EtagMatch{cond->any, std::move(cond->etags)};
+  }
+  StatusOr<PutResult> result = store_.Put(put);
+  if (!result.ok()) return ErrorFrom(result.status());
+  ApiResponse r;
+  r.code = result->created ? 201 : 200;
+  r.etag = result->etag;
+  return r;
+}
+
+ApiResponse NodeApi::HandleDelete(const std::string& key) const {
+  Status status = store_.Delete(key);
+  if (!status.ok()) return ErrorFrom(status);
+  ApiResponse r;
+  r.code = 204;
+  return r;
+}
+
+ApiResponse NodeApi::HandleList(const ApiRequest& req) const {
+  std::string prefix;
+  if (req.prefix) {
+    StatusOr<std::string> decoded = PercentDecode(*req.prefix);
+    if (!decoded.ok()) return ErrorFrom(decoded.status());
+    prefix = std::move(*decoded);
+  }
+  size_t limit = options_.default_list_limit;
+  if (req.limit) {
+    std::optional<int64_t> parsed = ParseNonNegativeInt(*req.limit);
+    if (!parsed || *parsed < 1 || static_cast<size_t>(*parsed) > options_.max_list_limit) {
+      return Error(400, "limit must be a whole number from 1 to " +
+                            std::to_string(options_.max_list_limit));
+    }
+    limit = static_cast<size_t>(*parsed);
+  }
+  std::string after;
+  if (req.cursor && !req.cursor->empty()) {
+    std::optional<std::string> decoded = HexDecode(*req.cursor);
+    if (!decoded) return Error(400, "cursor is not one this server returned");
+    after = std::move(*decoded);
+  }
+  ListResult listed = store_.List(prefix, after, limit);
+  nlohmann::json body;
+  body["keys"] = listed.keys;
+  body["count"] = listed.keys.size();
+  if (listed.more && !listed.keys.empty()) {
+    body["cursor"] = HexEncode(listed.keys.back());
+  } else {
+    body["cursor"] = nullptr;
+  }
+  ApiResponse r;
+  r.code = 200;
+  // Keys are bytes; ones that are not UTF-8 are shown with U+FFFD in their place.
+  r.body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  r.content_type = kJson;
+  return r;
+}
+
+ApiResponse NodeApi::HandleFlush() const {
+  uint64_t removed = store_.Flush();
+  ApiResponse r;
+  r.code = 200;
+  r.body = nlohmann::json{{"flushed", removed}}.dump();
+  r.content_type = kJson;
+  return r;
+}
+
+ApiResponse NodeApi::HandleStatic(const ApiRequest& req) const {
+  const StaticAsset* asset = FindStaticAsset(req.path);
+  if (asset == nullptr) return Error(404, "no such route: see /docs for the API");
+  if (req.method != HttpMethod::kGet && req.method != HttpMethod::kHead) {
+    return MethodNotAllowed("GET, HEAD");
+  }
+  ApiResponse r;
+  r.code = 200;
+  if (req.method == HttpMethod::kGet) r.body.assign(asset->body);
+  r.content_type = std::string(asset->content_type);
+  r.cache_control = "public, max-age=300";
+  return r;
+}
+
+}  // namespace kvcache::node

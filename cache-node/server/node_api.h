@@ -1,0 +1,82 @@
+// NodeApi: the node's HTTP API as a function from request to response, with no HTTP library in
+// sight. The Pistache adapter (http_server.h) only copies fields in and out, so every rule of
+// the API (routes, status codes, limits, auth, conditional writes) is here and unit-testable.
+//
+// Thread safety: Handle() may be called concurrently from any number of threads.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "store/store.h"
+
+namespace kvcache::node {
+
+enum class HttpMethod { kGet, kHead, kPut, kPost, kDelete, kPatch, kOptions, kOther };
+
+struct ApiRequest {
+  HttpMethod method = HttpMethod::kGet;
+  std::string_view path;  // raw, still percent-encoded, without the query string
+  std::string_view body;
+  // Query parameters the API reads (raw, still percent-encoded).
+  std::optional<std::string> ttl, prefix, limit, cursor;
+  // Request headers the API reads.
+  std::optional<std::string> content_type, if_match, if_none_match, authorization;
+};
+
+struct ApiResponse {
+  int code = 200;
+  std::string body;
+  std::string content_type;  // empty: no Content-Type header
+  std::optional<uint64_t> etag;
+  const char* allow = nullptr;  // Allow header, set on 405
+  bool www_authenticate = false;
+  // Cache-Control for static assets; empty for everything else.
+  const char* cache_control = nullptr;
+};
+
+struct ApiOptions {
+  size_t max_key_bytes = 1024;
+  size_t max_value_bytes = 1 << 20;
+  // When set, /v1/* and /flush require "Authorization: Bearer <token>".
+  std::optional<std::string> auth_token;
+  // Longest accepted ?ttl=, in seconds (ten years).
+  int64_t max_ttl_seconds = 10LL * 365 * 24 * 3600;
+  size_t max_list_limit = 10000;
+  size_t default_list_limit = 100;
+};
+
+// The method group a request is counted under in metrics ("GET", ..., "OTHER").
+std::string_view MethodName(HttpMethod method);
+
+class NodeApi {
+ public:
+  // `ready` answers /readyz; `metrics_text` renders /metrics. Both must outlive the API.
+  NodeApi(Store& store, const Clock& clock, ApiOptions options, std::function<bool()> ready,
+          std::function<std::string()> metrics_text);
+
+  ApiResponse Handle(const ApiRequest& request) const;
+
+  const ApiOptions& options() const { return options_; }
+
+ private:
+  ApiResponse HandleKey(const ApiRequest& request, std::string_view raw_key) const;
+  ApiResponse HandleGet(const ApiRequest& request, const std::string& key) const;
+  ApiResponse HandlePut(const ApiRequest& request, const std::string& key) const;
+  ApiResponse HandleDelete(const std::string& key) const;
+  ApiResponse HandleList(const ApiRequest& request) const;
+  ApiResponse HandleFlush() const;
+  ApiResponse HandleStatic(const ApiRequest& request) const;
+  std::optional<ApiResponse> CheckAuth(const ApiRequest& request) const;
+
+  Store& store_;
+  const Clock& clock_;
+  const ApiOptions options_;
+  std::function<bool()> ready_;
+  std::function<std::string()> metrics_text_;
+};
+
+}  // namespace kvcache::node
