@@ -151,6 +151,7 @@ ApiResponse NodeApi::HandleGet(const ApiRequest& req, const std::string& key) co
   ApiResponse r;
   r.code = 200;
   r.body = std::move(got->value);
+  if (req.method == HttpMethod::kHead) r.head_content_length = got->value_size;
   r.content_type = got->content_type.empty() ? "text/plain" : std::move(got->content_type);
   r.etag = got->etag;
   return r;
@@ -252,7 +253,11 @@ ApiResponse NodeApi::HandleStatic(const ApiRequest& req) const {
   }
   ApiResponse r;
   r.code = 200;
-  if (req.method == HttpMethod::kGet) r.body.assign(asset->body);
+  if (req.method == HttpMethod::kGet) {
+    r.body.assign(asset->body);
+  } else {
+    r.head_content_length = asset->body.size();
+  }
   r.content_type = std::string(asset->content_type);
   r.cache_control = "public, max-age=300";
   return r;

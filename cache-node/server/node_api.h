@@ -36,6 +36,8 @@ struct ApiResponse {
   bool www_authenticate = false;
   // Cache-Control for static assets; empty for everything else.
   const char* cache_control = nullptr;
+  // For HEAD: the Content-Length a GET would have had (the body itself is empty).
+  std::optional<uint64_t> head_content_length;
 };
 
 struct ApiOptions {

@@ -232,7 +232,37 @@ def test_http11_keep_alive_without_connection_header(node):
 def test_connection_close_is_honoured(node):
     reply = raw_exchange(node.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200")
-    assert b"Connection: Close" in reply
+    assert b"connection: close" in reply.lower()
+
+
+def test_large_value_to_a_slow_reader_then_more_requests(node_factory, http):
+    # A 6 MiB value cannot go out in one write: the rest is queued behind the socket, and the
+    # next request on the same connection must be answered after it, intact.
+    # (Pipelining is not covered: Pistache 0.0.5 drops a second request that arrives in the
+    # same read as the first; see docs/api.md.)
+    n = node_factory("--max-value-bytes", str(8 << 20))
+    big = bytes(range(256)) * (6 * 4096)
+    assert http.put(n.url + "/v1/big", data=big).status_code == 201
+    http.put(n.url + "/v1/small", data=b"tail")
+
+    def read_response(s, expected_body_len):
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < expected_body_len:
+            chunk = s.recv(65536)
+            assert chunk, "connection closed early"
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return head, body
+
+    with socket.create_connection(("127.0.0.1", n.port), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /v1/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)  # let the server hit a full socket buffer before we read
+        head, body = read_response(s, len(big))
+        assert head.startswith(b"HTTP/1.1 200") and body == big
+        s.sendall(b"GET /v1/small HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = read_response(s, 4)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"tail"
 
 
 # --- bad input never crashes the node ---------------------------------------------------------

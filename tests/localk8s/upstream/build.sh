@@ -7,8 +7,9 @@
 #
 # With NAMEs, builds only those (e.g. `build.sh build/bin kubectl helm`).
 # Incremental: a binary already in OUT_DIR that is newer than its family's
-# go.mod, go.sum and *.go files and than this script is left alone, so an
-# incremental `make build` costs nothing here. FORCE=1 rebuilds anyway.
+# go.mod, go.sum and *.go files and than this script, and was built by the same
+# Go version, is left alone, so an incremental `make build` costs nothing here.
+# FORCE=1 rebuilds anyway.
 # Builds are static (CGO_ENABLED=0), -trimpath, -mod=readonly: go.sum must
 # be complete (run `go mod tidy` in the family directory after changing go.mod).
 set -euo pipefail
@@ -33,11 +34,12 @@ k8s_major=${K8S_VERSION#v}; k8s_major=${k8s_major%%.*}
 k8s_minor=${K8S_VERSION#v*.}; k8s_minor=${k8s_minor%%.*}
 # Same variables Kubernetes' hack/lib/version.sh sets, in both packages
 # (component-base for the servers, client-go for kubectl's client version).
-# buildDate is the release's tag time so the binaries are reproducible.
+# buildDate is the release's tag time so the binaries are reproducible; the
+# commit is not known from the module (empty instead of "$Format:%H$").
 K8S_LDFLAGS=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   K8S_LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$k8s_major"
-  K8S_LDFLAGS+=" -X $pkg.gitMinor=$k8s_minor -X $pkg.gitTreeState=clean"
+  K8S_LDFLAGS+=" -X $pkg.gitMinor=$k8s_minor -X $pkg.gitTreeState=clean -X $pkg.gitCommit="
   K8S_LDFLAGS+=" -X $pkg.buildDate=2026-02-10T12:53:36Z"
 done
 # As helm's Makefile: version, and the default Kubernetes version for
@@ -76,11 +78,15 @@ else
   done
 fi
 
+GOVER="$(go env GOVERSION)"
+
 # up_to_date BIN FAMILY_DIR: true if BIN exists and is newer than every input.
 up_to_date() {
   local bin="$1" dir="$2"
   [[ -x "$bin" && "${FORCE:-0}" != 1 ]] || return 1
   [[ "$bin" -nt "$SELF" ]] || return 1
+  # built by another Go toolchain (read from the binary's build info)?
+  [[ "$(go version "$bin" 2>/dev/null)" == "$bin: $GOVER" ]] || return 1
   # any go.mod, go.sum or .go file in the family newer than the binary?
   [[ -z "$(find "$dir" \( -name go.mod -o -name go.sum -o -name '*.go' \) -newer "$bin" -print -quit)" ]]
 }
@@ -106,7 +112,7 @@ for t in "${selected[@]}"; do
   if ! (cd "$dir" && "${cmd[@]}"); then
     rm -f "$tmp"
     echo "build.sh: FAILED building $name in $dir:" >&2
-    echo "  (cd $dir && CGO_ENABLED=0 ${cmd[*]})" >&2
+    echo "  (cd $dir && CGO_ENABLED=0$(printf ' %q' "${cmd[@]}"))" >&2
     exit 1
   fi
   mv -f "$tmp" "$bin"

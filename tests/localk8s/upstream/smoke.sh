@@ -17,8 +17,11 @@ D="$(mktemp -d /tmp/localk8s-smoke.XXXXXX)"
 pids=()
 cleanup() {
   local rc=$?
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # stop in reverse start order (apiserver before etcd)
+  for ((j = ${#pids[@]} - 1; j >= 0; j--)); do
+    kill "${pids[j]}" 2>/dev/null || true
+    wait "${pids[j]}" 2>/dev/null || true
+  done
   if [[ $rc -ne 0 ]]; then
     echo "smoke: FAILED (rc=$rc); last log lines:" >&2
     tail -n 20 "$D"/etcd.log "$D"/apiserver.log >&2 2>/dev/null || true

@@ -8,7 +8,9 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/coremain"
 
-	// The plugins of the standard Kubernetes Corefile, plus hosts, log and whoami.
+	// The plugins of the standard Kubernetes Corefile, plus bind (listen on one
+	// address only), hosts, log and whoami.
+	_ "github.com/coredns/coredns/plugin/bind"
 	_ "github.com/coredns/coredns/plugin/cache"
 	_ "github.com/coredns/coredns/plugin/errors"
 	_ "github.com/coredns/coredns/plugin/forward"
@@ -29,6 +31,7 @@ import (
 // after it). The Corefile may use only these.
 var directives = []string{
 	"reload",
+	"bind",
 	"ready",
 	"health",
 	"prometheus",
