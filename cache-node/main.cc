@@ -1,10 +1,15 @@
 // kvcache-node: one cache node. Parses flags (each with a KVCACHE_* environment twin), builds
 // the store and the HTTP server, and runs until SIGTERM or SIGINT.
 //
+// Start order: the HTTP server comes up first so /healthz answers during a long recovery (the
+// data API and /readyz answer 503 until the data directory is loaded), then recovery, then
+// readiness.
+//
 // Shutdown order (SIGTERM, e.g. from the kubelet):
 //   1. readiness turns false, so load balancers stop sending new requests;
 //   2. the HTTP server stops accepting and its workers finish the request in hand;
-//   3. background work (active expiry) stops; the process exits 0.
+//   3. persistence: optional final snapshot, then the log is written and fsynced;
+//   4. background work (active expiry) stops; the process exits 0.
 #include <signal.h>
 
 #include <atomic>
@@ -18,6 +23,8 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include "persist/env.h"
+#include "persist/persistence.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/node_api.h"
@@ -40,6 +47,12 @@ struct Flags {
   int threads = 0;
   int header_timeout_seconds = 10;
   int body_timeout_seconds = 60;
+  bool persist = true;
+  std::string fsync = "everysec";
+  int snapshot_interval_seconds = 300;
+  std::string snapshot_log_bytes = "256Mi";
+  std::string log_segment_bytes = "64Mi";
+  bool snapshot_on_shutdown = false;
   std::string log_format = "text";
   std::string log_level = "info";
 };
@@ -155,6 +168,33 @@ int Run(int argc, char** argv) {
       ->envname("KVCACHE_BODY_TIMEOUT_SECONDS")
       ->check(CLI::Range(1, 3600))
       ->capture_default_str();
+  app.add_option("--persist", flags.persist,
+                 "Keep the data in --data-dir across restarts (false: memory only)")
+      ->envname("KVCACHE_PERSIST")
+      ->capture_default_str();
+  app.add_option("--fsync", flags.fsync,
+                 "When the log reaches the disk: always (a write is answered once durable; "
+                 "concurrent writes share an fdatasync), everysec, or no (the kernel decides)")
+      ->envname("KVCACHE_FSYNC")
+      ->check(CLI::IsMember({"always", "everysec", "no"}))
+      ->capture_default_str();
+  app.add_option("--snapshot-interval-seconds", flags.snapshot_interval_seconds,
+                 "Take a snapshot this often")
+      ->envname("KVCACHE_SNAPSHOT_INTERVAL_SECONDS")
+      ->check(CLI::Range(1, 7 * 24 * 3600))
+      ->capture_default_str();
+  app.add_option("--snapshot-log-bytes", flags.snapshot_log_bytes,
+                 "Also take a snapshot once the log has grown by this much (0: never)")
+      ->envname("KVCACHE_SNAPSHOT_LOG_BYTES")
+      ->capture_default_str();
+  app.add_option("--log-segment-bytes", flags.log_segment_bytes,
+                 "Start a new log segment file after this many bytes")
+      ->envname("KVCACHE_LOG_SEGMENT_BYTES")
+      ->capture_default_str();
+  app.add_option("--snapshot-on-shutdown", flags.snapshot_on_shutdown,
+                 "Write a snapshot on SIGTERM so the next start replays no log")
+      ->envname("KVCACHE_SNAPSHOT_ON_SHUTDOWN")
+      ->capture_default_str();
   app.add_option("--log-format", flags.log_format, "text (klog-like) or json")
       ->envname("KVCACHE_LOG_FORMAT")
       ->check(CLI::IsMember({"text", "json"}))
@@ -167,9 +207,15 @@ int Run(int argc, char** argv) {
   ConfigureLogging(flags);
 
   StatusOr<uint64_t> max_memory = ParseBytes(flags.max_memory);
-  if (!max_memory.ok()) {
-    spdlog::error("Invalid --max-memory: {}", max_memory.status().message());
-    return 2;
+  StatusOr<uint64_t> snapshot_log_bytes = ParseBytes(flags.snapshot_log_bytes);
+  StatusOr<uint64_t> segment_bytes = ParseBytes(flags.log_segment_bytes);
+  for (auto [name, parsed] : {std::pair{"--max-memory", &max_memory},
+                              std::pair{"--snapshot-log-bytes", &snapshot_log_bytes},
+                              std::pair{"--log-segment-bytes", &segment_bytes}}) {
+    if (!parsed->ok()) {
+      spdlog::error("Invalid {}: {}", name, parsed->status().message());
+      return 2;
+    }
   }
   std::optional<std::string> token;
   if (!flags.auth_token_file.empty()) {
@@ -211,13 +257,27 @@ int Run(int argc, char** argv) {
   Store store(store_options, clock);
   std::atomic<bool> ready{false};
   auto is_ready = [&ready] { return ready.load(); };
-  NodeMetrics metrics(store, is_ready, kVersion);
+  std::unique_ptr<Persistence> persistence;
+  if (flags.persist) {
+    PersistenceOptions persist_options;
+    persist_options.dir = flags.data_dir;
+    persist_options.journal.fsync = *ParseFsyncMode(flags.fsync);
+    persist_options.journal.segment_bytes = std::max<uint64_t>(*segment_bytes, 4096);
+    persist_options.snapshot_interval = std::chrono::seconds(flags.snapshot_interval_seconds);
+    persist_options.snapshot_log_bytes = *snapshot_log_bytes;
+    persist_options.snapshot_on_shutdown = flags.snapshot_on_shutdown;
+    persistence = std::make_unique<Persistence>(
+        Env::Posix(), store, clock, persist_options,
+        [](const std::string& line) { spdlog::info("{}", line); });
+  }
+  NodeMetrics metrics(store, is_ready, kVersion, persistence.get());
 
   ApiOptions api_options;
   api_options.max_key_bytes = flags.max_key_bytes;
   api_options.max_value_bytes = flags.max_value_bytes;
   api_options.auth_token = token;
-  NodeApi api(store, clock, api_options, is_ready, [&metrics] { return metrics.Render(); });
+  NodeApi api(store, clock, api_options, is_ready, [&metrics] { return metrics.Render(); },
+              persistence.get());
 
   ServerOptions server_options;
   server_options.listen = flags.listen;
@@ -233,11 +293,10 @@ int Run(int argc, char** argv) {
     spdlog::error("Failed to start HTTP server: {}", started.message());
     return 1;
   }
-  ready = true;
   spdlog::info("Serving address={} port={} threads={} max_memory={} eviction={} auth={} "
-               "data_dir={} version={}",
+               "data_dir={} persist={} fsync={} version={}",
                flags.listen, server.port(), server.threads(), *max_memory, flags.eviction,
-               token ? "bearer" : "none", flags.data_dir, kVersion);
+               token ? "bearer" : "none", flags.data_dir, flags.persist, flags.fsync, kVersion);
   if (!flags.port_file.empty()) {
     // Write then rename, so a reader never sees a partial number.
     std::string tmp = flags.port_file + ".tmp";
@@ -246,13 +305,32 @@ int Run(int argc, char** argv) {
     if (ec) spdlog::warn("Cannot write --port-file path={} error={}", flags.port_file, ec.message());
   }
 
+  if (persistence) {
+    spdlog::info("Recovering data_dir={}", flags.data_dir);
+    if (Status recovered = persistence->Recover(); !recovered.ok()) {
+      spdlog::error("Cannot recover data_dir={}: {}", flags.data_dir, recovered.message());
+      server.Shutdown();
+      return recovered.code() == StatusCode::kFailedPrecondition ? 3 : 1;
+    }
+    persistence->StartBackground();
+  }
+  ready = true;
+  spdlog::info("Ready keys={}", store.Stats().keys);
+
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   spdlog::info("Received {}, shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
   ready = false;
   server.Shutdown();
+  int exit_code = 0;
+  if (persistence) {
+    if (Status closed = persistence->Shutdown(); !closed.ok()) {
+      spdlog::error("Could not sync the log on shutdown: {}", closed.message());
+      exit_code = 1;
+    }
+  }
   spdlog::info("Stopped keys={}", store.Stats().keys);
-  return 0;
+  return exit_code;
 }
 
 }  // namespace

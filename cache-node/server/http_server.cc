@@ -196,6 +196,7 @@ class RequestHandler : public Http::Handler {
     if (out.allow) header("Allow", out.allow);
     if (out.www_authenticate) header("WWW-Authenticate", "Bearer");
     if (out.cache_control) header("Cache-Control", out.cache_control);
+    if (out.retry_after_seconds > 0) header("Retry-After", std::to_string(out.retry_after_seconds));
     if (close) {
       header("Connection", "close");
     } else if (http10_keep_alive) {

@@ -56,9 +56,11 @@ double ResidentBytes() {
 
 }  // namespace
 
-NodeMetrics::NodeMetrics(const Store& store, std::function<bool()> ready, std::string version)
+NodeMetrics::NodeMetrics(const Store& store, std::function<bool()> ready, std::string version,
+                         const Persistence* persistence)
     : store_(store),
       ready_(std::move(ready)),
+      persistence_(persistence),
       registry_(std::make_shared<prometheus::Registry>()),
       stripes_(new Stripe[kStripes]),
       start_time_(std::chrono::system_clock::now()) {
@@ -172,7 +174,61 @@ std::string NodeMetrics::Render() const {
     AddValue(family, s.value);
     families.push_back(std::move(family));
   }
+  RenderPersistence(families);
   return prometheus::TextSerializer().Serialize(families);
+}
+
+void NodeMetrics::RenderPersistence(std::vector<MetricFamily>& families) const {
+  if (persistence_ == nullptr) return;
+  const PersistenceStats p = persistence_->Stats();
+  const JournalStats& j = p.journal;
+  auto add = [&families](const char* name, const char* help, MetricType type, double value) {
+    MetricFamily family = Family(name, help, type);
+    AddValue(family, value);
+    families.push_back(std::move(family));
+  };
+  add("kvcache_node_log_bytes_total", "Bytes written to the append-only log.",
+      MetricType::Counter, static_cast<double>(j.bytes_written));
+  add("kvcache_node_log_records_total", "Records appended to the log.", MetricType::Counter,
+      static_cast<double>(j.records));
+  add("kvcache_node_log_write_errors_total", "Failed log writes or fsyncs (disk full, I/O).",
+      MetricType::Counter, static_cast<double>(j.write_errors));
+  add("kvcache_node_log_failed", "1 while the log cannot be written and writes are refused.",
+      MetricType::Gauge, j.failed ? 1.0 : 0.0);
+  MetricFamily fsync = Family("kvcache_node_fsync_duration_seconds",
+                              "Time of each log fdatasync.", MetricType::Histogram);
+  ClientMetric h;
+  h.histogram.sample_count = j.fsyncs;
+  h.histogram.sample_sum = j.fsync_seconds_sum;
+  for (size_t b = 0; b < std::size(kFsyncBuckets); ++b) {
+    ClientMetric::Bucket bucket;
+    bucket.cumulative_count = j.fsync_buckets[b];
+    bucket.upper_bound = kFsyncBuckets[b];
+    h.histogram.bucket.push_back(bucket);
+  }
+  ClientMetric::Bucket inf;
+  inf.cumulative_count = j.fsyncs;
+  inf.upper_bound = std::numeric_limits<double>::infinity();
+  h.histogram.bucket.push_back(inf);
+  fsync.metric.push_back(std::move(h));
+  families.push_back(std::move(fsync));
+  add("kvcache_node_snapshots_total", "Snapshots written.", MetricType::Counter,
+      static_cast<double>(p.snapshots));
+  add("kvcache_node_snapshot_failures_total", "Snapshots that failed.", MetricType::Counter,
+      static_cast<double>(p.snapshot_failures));
+  add("kvcache_node_snapshot_duration_seconds", "Duration of the last snapshot.",
+      MetricType::Gauge, p.last_snapshot_seconds);
+  add("kvcache_node_snapshot_timestamp_seconds",
+      "Unix time the last snapshot finished (0: none since start); age = time() - this.",
+      MetricType::Gauge, p.last_snapshot_unix);
+  add("kvcache_node_recovery_duration_seconds", "Time the last start spent recovering data.",
+      MetricType::Gauge, p.recovery.seconds);
+  add("kvcache_node_recovery_replayed_records", "Log records replayed at the last start.",
+      MetricType::Gauge, static_cast<double>(p.recovery.replayed_records));
+  add("kvcache_node_recovery_corrupt_records", "Torn or corrupt log records found at the last start.",
+      MetricType::Gauge, static_cast<double>(p.recovery.corrupt_records));
+  add("kvcache_node_recovery_skipped_snapshots", "Corrupt snapshots passed over at the last start.",
+      MetricType::Gauge, static_cast<double>(p.recovery.skipped_snapshots));
 }
 
 }  // namespace kvcache::node

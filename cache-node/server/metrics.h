@@ -14,11 +14,13 @@
 #include <memory>
 #include <string>
 
+#include "persist/persistence.h"
 #include "server/node_api.h"
 #include "store/store.h"
 
 namespace prometheus {
 class Registry;
+struct MetricFamily;
 }
 
 namespace kvcache::node {
@@ -33,7 +35,9 @@ class NodeMetrics {
   static constexpr int kMethods = 8;  // HttpMethod values
   static constexpr int kStripes = 16;
 
-  NodeMetrics(const Store& store, std::function<bool()> ready, std::string version);
+  // `persistence` may be null (no persistence metrics then).
+  NodeMetrics(const Store& store, std::function<bool()> ready, std::string version,
+              const Persistence* persistence = nullptr);
   ~NodeMetrics();
 
   void RecordRequest(HttpMethod method, int code, std::chrono::nanoseconds latency);
@@ -48,8 +52,11 @@ class NodeMetrics {
     std::atomic<uint64_t> latency_ns[kMethods] = {};
   };
 
+  void RenderPersistence(std::vector<prometheus::MetricFamily>& families) const;
+
   const Store& store_;
   std::function<bool()> ready_;
+  const Persistence* persistence_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Stripe[]> stripes_;
   std::chrono::system_clock::time_point start_time_;

@@ -1,5 +1,7 @@
 #include "server/node_api.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "server/http_util.h"
@@ -54,18 +56,36 @@ std::string_view MethodName(HttpMethod method) {
 }
 
 NodeApi::NodeApi(Store& store, const Clock& clock, ApiOptions options,
-                 std::function<bool()> ready, std::function<std::string()> metrics_text)
+                 std::function<bool()> ready, std::function<std::string()> metrics_text,
+                 Persistence* persistence)
     : store_(store),
       clock_(clock),
       options_(std::move(options)),
       ready_(std::move(ready)),
-      metrics_text_(std::move(metrics_text)) {}
+      metrics_text_(std::move(metrics_text)),
+      persistence_(persistence) {}
+
+std::optional<ApiResponse> NodeApi::CheckServing() const {
+  if (ready_()) return std::nullopt;
+  ApiResponse r = Error(503, "node is not serving data yet (recovering) or is stopping");
+  r.retry_after_seconds = 1;
+  return r;
+}
+
+std::optional<ApiResponse> NodeApi::AwaitDurable(uint64_t seq) const {
+  if (persistence_ == nullptr || seq == 0) return std::nullopt;
+  Status durable = persistence_->WaitDurable(seq);
+  if (durable.ok()) return std::nullopt;
+  // The write is applied in memory and queued for the disk; the client cannot count on it.
+  return Error(HttpCodeFor(durable.code()), "write not persisted: " + durable.message());
+}
 
 ApiResponse NodeApi::Handle(const ApiRequest& req) const {
   std::string_view path = req.path;
   // The data API first: it is the hot path.
   if (path.substr(0, kKeyPrefix.size()) == kKeyPrefix && path.size() > kKeyPrefix.size()) {
     if (auto denied = CheckAuth(req)) return *denied;
+    if (auto unavailable = CheckServing()) return *unavailable;
     return HandleKey(req, path.substr(kKeyPrefix.size()));
   }
   if (path == "/v1" || path == "/v1/") {
@@ -73,11 +93,13 @@ ApiResponse NodeApi::Handle(const ApiRequest& req) const {
     if (req.method != HttpMethod::kGet && req.method != HttpMethod::kHead) {
       return MethodNotAllowed("GET, HEAD");
     }
+    if (auto unavailable = CheckServing()) return *unavailable;
     return HandleList(req);
   }
   if (path == "/flush") {
     if (auto denied = CheckAuth(req)) return *denied;
     if (req.method != HttpMethod::kDelete) return MethodNotAllowed("DELETE");
+    if (auto unavailable = CheckServing()) return *unavailable;
     return HandleFlush();
   }
   const bool read_method = req.method == HttpMethod::kGet || req.method == HttpMethod::kHead;
@@ -183,6 +205,7 @@ ApiResponse NodeApi::HandlePut(const ApiRequest& req, const std::string& key) co
   }
   StatusOr<PutResult> result = store_.Put(put);
   if (!result.ok()) return ErrorFrom(result.status());
+  if (auto failed = AwaitDurable(result->seq)) return *failed;
   ApiResponse r;
   r.code = result->created ? 201 : 200;
   r.etag = result->etag;
@@ -190,8 +213,10 @@ ApiResponse NodeApi::HandlePut(const ApiRequest& req, const std::string& key) co
 }
 
 ApiResponse NodeApi::HandleDelete(const std::string& key) const {
-  Status status = store_.Delete(key);
+  uint64_t seq = 0;
+  Status status = store_.Delete(key, &seq);
   if (!status.ok()) return ErrorFrom(status);
+  if (auto failed = AwaitDurable(seq)) return *failed;
   ApiResponse r;
   r.code = 204;
   return r;
@@ -200,7 +225,10 @@ ApiResponse NodeApi::HandleDelete(const std::string& key) const {
 ApiResponse NodeApi::HandleList(const ApiRequest& req) const {
   std::string prefix;
   if (req.prefix) {
-    StatusOr<std::string> decoded = PercentDecode(*req.prefix);
+    // In a query string '+' means a space (HTML form encoding); a literal '+' is %2B.
+    std::string form = *req.prefix;
+    std::replace(form.begin(), form.end(), '+', ' ');
+    StatusOr<std::string> decoded = PercentDecode(form);
     if (!decoded.ok()) return ErrorFrom(decoded.status());
     prefix = std::move(*decoded);
   }
@@ -237,7 +265,11 @@ ApiResponse NodeApi::HandleList(const ApiRequest& req) const {
 }
 
 ApiResponse NodeApi::HandleFlush() const {
-  uint64_t removed = store_.Flush();
+  uint64_t seq = 0;
+  StatusOr<uint64_t> flushed = store_.Flush(&seq);
+  if (!flushed.ok()) return ErrorFrom(flushed.status());
+  if (auto failed = AwaitDurable(seq)) return *failed;
+  uint64_t removed = *flushed;
   ApiResponse r;
   r.code = 200;
   r.body = nlohmann::json{{"flushed", removed}}.dump();

@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 
+#include "persist/persistence.h"
 #include "store/store.h"
 
 namespace kvcache::node {
@@ -38,6 +39,7 @@ struct ApiResponse {
   const char* cache_control = nullptr;
   // For HEAD: the Content-Length a GET would have had (the body itself is empty).
   std::optional<uint64_t> head_content_length;
+  int retry_after_seconds = 0;  // Retry-After header when > 0
 };
 
 struct ApiOptions {
@@ -56,9 +58,11 @@ std::string_view MethodName(HttpMethod method);
 
 class NodeApi {
  public:
-  // `ready` answers /readyz; `metrics_text` renders /metrics. Both must outlive the API.
+  // `ready` answers /readyz and gates the data API (503 while recovering or stopping);
+  // `metrics_text` renders /metrics. `persistence` (may be null) makes writes wait until
+  // durable under fsync=always. All must outlive the API.
   NodeApi(Store& store, const Clock& clock, ApiOptions options, std::function<bool()> ready,
-          std::function<std::string()> metrics_text);
+          std::function<std::string()> metrics_text, Persistence* persistence = nullptr);
 
   ApiResponse Handle(const ApiRequest& request) const;
 
@@ -73,12 +77,15 @@ class NodeApi {
   ApiResponse HandleFlush() const;
   ApiResponse HandleStatic(const ApiRequest& request) const;
   std::optional<ApiResponse> CheckAuth(const ApiRequest& request) const;
+  std::optional<ApiResponse> CheckServing() const;
+  std::optional<ApiResponse> AwaitDurable(uint64_t seq) const;
 
   Store& store_;
   const Clock& clock_;
   const ApiOptions options_;
   std::function<bool()> ready_;
   std::function<std::string()> metrics_text_;
+  Persistence* persistence_;
 };
 
 }  // namespace kvcache::node

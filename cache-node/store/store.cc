@@ -336,6 +336,7 @@ StatusOr<PutResult> Store::Put(const PutRequest& req) {
   Entry* old = nullptr;
   Status failure;
   bool created = false;
+  uint64_t seq = 0;
   {
     std::unique_lock lock(shard.mu);
     size_t slot = shard.table.Find(hash, req.key);
@@ -360,7 +361,14 @@ StatusOr<PutResult> Store::Put(const PutRequest& req) {
         failure = ResourceExhaustedError("memory limit of " +
                                          std::to_string(options_.max_memory_bytes) +
                                          " bytes reached (eviction policy noeviction)");
+      } else if (StatusOr<uint64_t> logged =
+                     log_ ? log_->LogPut(req.key, req.value, req.content_type, req.expire_at_ms)
+                          : StatusOr<uint64_t>(uint64_t{0});
+                 !logged.ok()) {
+        if (strict && delta > 0) used_bytes_.fetch_sub(delta, std::memory_order_relaxed);
+        failure = logged.status();
       } else {
+        seq = *logged;
         if (!strict || delta <= 0) used_bytes_.fetch_add(delta, std::memory_order_relaxed);
         if (current != nullptr) {
           old = current;
@@ -379,7 +387,7 @@ StatusOr<PutResult> Store::Put(const PutRequest& req) {
     Entry::Destroy(fresh);
     return failure;
   }
-  PutResult result{created, fresh->etag};
+  PutResult result{created, fresh->etag, seq};
   if (old != nullptr) Entry::Destroy(old);
   return result;
 }
@@ -408,7 +416,7 @@ StatusOr<GetResult> Store::Get(std::string_view key, bool copy_value) {
   return result;
 }
 
-Status Store::Delete(std::string_view key) {
+Status Store::Delete(std::string_view key, uint64_t* seq) {
   const uint64_t hash = XXH3_64bits(key.data(), key.size());
   const int64_t now = clock_.NowMs();
   Shard& shard = ShardFor(hash);
@@ -418,6 +426,12 @@ Status Store::Delete(std::string_view key) {
     std::unique_lock lock(shard.mu);
     size_t slot = shard.table.Find(hash, key);
     if (slot == EntryTable::kNpos) return NotFoundError("key not found");
+    // An expired entry needs no log record: its expiry is in the log already.
+    if (log_ && !shard.table.at(slot)->ExpiredAt(now)) {
+      StatusOr<uint64_t> logged = log_->LogDelete(key);
+      if (!logged.ok()) return logged.status();
+      if (seq) *seq = *logged;
+    }
     removed = RemoveLocked(shard, slot);
     expired = removed->ExpiredAt(now);
     if (expired) shard.expirations.fetch_add(1, std::memory_order_relaxed);
@@ -426,27 +440,45 @@ Status Store::Delete(std::string_view key) {
   return expired ? NotFoundError("key not found") : Status::Ok();
 }
 
-uint64_t Store::Flush() {
+StatusOr<uint64_t> Store::Flush(uint64_t* seq) {
   const int64_t now = clock_.NowMs();
-  uint64_t live = 0;
+  std::vector<std::unique_lock<std::shared_mutex>> locks;
+  locks.reserve(shard_mask_ + 1);
+  // Every shard, in index order (the only place more than one shard lock is held).
+  for (size_t i = 0; i <= shard_mask_; ++i) locks.emplace_back(shards_[i].mu);
+  if (log_) {
+    StatusOr<uint64_t> logged = log_->LogFlush();
+    if (!logged.ok()) return logged.status();
+    if (seq) *seq = *logged;
+  }
+  std::vector<Entry*> taken;
   for (size_t i = 0; i <= shard_mask_; ++i) {
     Shard& shard = shards_[i];
-    std::vector<Entry*> taken;
-    {
-      std::unique_lock lock(shard.mu);
-      taken = shard.table.TakeAll();
-      shard.expiry.clear();
-      shard.keys.store(0, std::memory_order_relaxed);
-      int64_t freed = 0;
-      for (Entry* e : taken) freed += e->Charge();
-      used_bytes_.fetch_sub(freed, std::memory_order_relaxed);
-    }
-    for (Entry* e : taken) {
-      if (!e->ExpiredAt(now)) ++live;
-      Entry::Destroy(e);
-    }
+    for (Entry* e : shard.table.TakeAll()) taken.push_back(e);
+    shard.expiry.clear();
+    shard.keys.store(0, std::memory_order_relaxed);
+  }
+  int64_t freed = 0;
+  for (Entry* e : taken) freed += e->Charge();
+  used_bytes_.fetch_sub(freed, std::memory_order_relaxed);
+  locks.clear();
+  uint64_t live = 0;
+  for (Entry* e : taken) {
+    if (!e->ExpiredAt(now)) ++live;
+    Entry::Destroy(e);
   }
   return live;
+}
+
+void Store::VisitShard(size_t index, const EntryVisitor& fn) const {
+  const int64_t now = clock_.NowMs();
+  const Shard& shard = shards_[index & shard_mask_];
+  std::shared_lock lock(shard.mu);
+  for (size_t s = 0; s < shard.table.capacity(); ++s) {
+    const Entry* e = shard.table.at(s);
+    if (e == nullptr || e->ExpiredAt(now)) continue;
+    fn(e->key(), e->value(), e->content_type(), e->expire_at_ms);
+  }
 }
 
 ListResult Store::List(std::string_view prefix, std::string_view after, size_t limit) const {

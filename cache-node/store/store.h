@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -18,6 +19,7 @@
 
 #include "protocol/status.h"
 #include "store/clock.h"
+#include "store/write_log.h"
 
 namespace kvcache::node {
 
@@ -63,6 +65,7 @@ struct PutRequest {
 struct PutResult {
   bool created = false;  // false: an existing entry was replaced
   uint64_t etag = 0;
+  uint64_t seq = 0;  // the WriteLog's sequence number; 0 without a log
 };
 
 struct GetResult {
@@ -107,11 +110,23 @@ class Store {
   // metadata is returned (for HEAD).
   StatusOr<GetResult> Get(std::string_view key, bool copy_value = true);
 
-  // Returns NotFound if the key is absent or expired.
-  Status Delete(std::string_view key);
+  // Returns NotFound if the key is absent or expired. `seq` receives the log sequence number.
+  Status Delete(std::string_view key, uint64_t* seq = nullptr);
 
-  // Removes every entry; returns how many live entries were removed.
-  uint64_t Flush();
+  // Removes every entry, holding every shard's lock for the moment it takes, so no write is
+  // half-before, half-after. Returns how many live entries were removed, or the log's error.
+  StatusOr<uint64_t> Flush(uint64_t* seq = nullptr);
+
+  // Reports every mutation to `log` from now on (nullptr: none). Writes the log refuses fail.
+  // REQUIRES: no concurrent mutations (call at startup, after recovery).
+  void SetWriteLog(WriteLog* log) { log_ = log; }
+
+  // Calls `fn(key, value, content_type, expire_at_ms)` for each live entry of one shard, with
+  // that shard's lock held shared: `fn` must be quick (copy, do not write files).
+  using EntryVisitor = std::function<void(std::string_view key, std::string_view value,
+                                          std::string_view content_type, int64_t expire_at_ms)>;
+  void VisitShard(size_t shard, const EntryVisitor& fn) const;
+  size_t shard_count() const { return shard_mask_ + 1; }
 
   // Up to `limit` live keys starting with `prefix` and bytewise greater than `after`, sorted.
   // Cost: one pass over all entries, so it is meant for administration, not the hot path.
@@ -147,6 +162,7 @@ class Store {
   std::atomic<int64_t> used_bytes_{0};
   std::atomic<uint64_t> evict_cursor_{0};
   std::atomic<uint64_t> expire_cursor_{0};
+  WriteLog* log_ = nullptr;
 };
 
 }  // namespace kvcache::node

@@ -59,12 +59,13 @@ class Node:
         return self.proc.returncode
 
 
-def start_node(tmp_path: Path, extra_args=(), name="node", env=None) -> Node:
+def start_node(tmp_path: Path, extra_args=(), name="node", env=None, wait_ready=True,
+               data_dir=None) -> Node:
     work = tmp_path / name
     work.mkdir(parents=True, exist_ok=True)
     port_file = work / "port"
     log_path = work / "log"
-    data_dir = work / "data"
+    data_dir = Path(data_dir) if data_dir else work / "data"
     args = [
         NODE_BIN,
         "--listen", "127.0.0.1:0",
@@ -84,15 +85,25 @@ def start_node(tmp_path: Path, extra_args=(), name="node", env=None) -> Node:
         return int(text) if text.strip() else None
 
     port = wait_for(port_ready, what="node to bind its port")
-    return Node(proc=proc, port=port, data_dir=data_dir, log_path=log_path)
+    node = Node(proc=proc, port=port, data_dir=data_dir, log_path=log_path)
+    if wait_ready:
+        def ready():
+            port_ready()  # fails fast if the process died
+            try:
+                return requests.get(node.url + "/readyz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+        wait_for(ready, timeout=60, what="node to become ready")
+    return node
 
 
 @pytest.fixture
 def node_factory(tmp_path):
     started = []
 
-    def factory(*extra_args, name=None, env=None):
-        n = start_node(tmp_path, extra_args, name=name or f"node{len(started)}", env=env)
+    def factory(*extra_args, name=None, env=None, wait_ready=True, data_dir=None):
+        n = start_node(tmp_path, extra_args, name=name or f"node{len(started)}", env=env,
+                       wait_ready=wait_ready, data_dir=data_dir)
         started.append(n)
         return n
 

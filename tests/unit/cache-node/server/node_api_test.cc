@@ -267,3 +267,29 @@ TEST_F(NodeApiLimitsTest, LimitsAnswer413And414And507) {
 
 }  // namespace
 }  // namespace kvcache::node
+
+namespace kvcache::node {
+namespace {
+
+TEST_F(NodeApiTest, ListPrefixIsFormDecoded) {
+  Call(HttpMethod::kPut, "/v1/a%20b1");
+  Call(HttpMethod::kPut, "/v1/a%2Bb2");
+  ApiRequest list;
+  list.method = HttpMethod::kGet;
+  list.path = "/v1";
+  list.prefix = "a+b";
+  EXPECT_EQ(nlohmann::json::parse(Call(list).body)["keys"], nlohmann::json({"a b1"}));
+  list.prefix = "a%2Bb";
+  EXPECT_EQ(nlohmann::json::parse(Call(list).body)["keys"], nlohmann::json({"a+b2"}));
+}
+
+TEST_F(NodeApiTest, DataApiAnswers503WhileNotReady) {
+  ready_ = false;
+  ApiResponse r = Call(HttpMethod::kGet, "/v1/k");
+  EXPECT_EQ(r.code, 503);
+  EXPECT_EQ(r.retry_after_seconds, 1);
+  EXPECT_EQ(Call(HttpMethod::kGet, "/healthz").code, 200);
+}
+
+}  // namespace
+}  // namespace kvcache::node

@@ -253,7 +253,7 @@ TEST_F(StoreTest, ListIsSortedFilteredAndPaged) {
 TEST_F(StoreTest, FlushRemovesEverything) {
   Store store({}, clock_);
   for (int i = 0; i < 100; ++i) ASSERT_TRUE(store.Put(Put(std::to_string(i), "v")).ok());
-  EXPECT_EQ(store.Flush(), 100u);
+  EXPECT_EQ(*store.Flush(), 100u);
   EXPECT_EQ(store.Stats().keys, 0u);
   EXPECT_EQ(store.Stats().memory_bytes, 0u);
   EXPECT_FALSE(store.Get("1").ok());
