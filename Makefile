@@ -13,12 +13,12 @@ DEBIAN_PACKAGES := \
   build-essential cmake ninja-build pkg-config git ca-certificates curl npm \
   libpistache-dev libcpprest-dev prometheus-cpp-dev nlohmann-json3-dev libgtest-dev \
   libgmock-dev libbenchmark-dev libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev \
-  libxxhash-dev libssl-dev \
+  libxxhash-dev libssl-dev clang clang-format libclang-rt-14-dev \
   python3 python3-venv python3-pytest python3-requests python3-selenium \
   chromium chromium-driver \
   wrk nginx-light webdis redis-server redis-tools
 
-.PHONY: help deps build test test-unit test-integration run bench clean format
+.PHONY: help deps build test test-unit test-integration run bench bench-persist fuzz clean format
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -44,9 +44,10 @@ $(BUILD_DIR)/build.ninja:
 build: deps $(BUILD_DIR)/build.ninja ## Build everything into build/bin/
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
-test: build ## Build and run every test (unit, then integration)
+test: build ## Build and run every test (unit, integration, fuzz)
 	cd $(BUILD_DIR) && ctest --output-on-failure -L unit -j $(JOBS)
 	cd $(BUILD_DIR) && ctest --output-on-failure -L integration
+	cd $(BUILD_DIR) && ctest --output-on-failure -L fuzz
 
 test-unit: build ## Only the unit tests
 	cd $(BUILD_DIR) && ctest --output-on-failure -L unit -j $(JOBS)
@@ -67,6 +68,12 @@ run: build ## Run one node on :8080 with data in ./data (Ctrl-C stops it)
 
 bench: build ## Side-by-side benchmark against nginx and webdis+redis (see bench/README.md)
 	bench/run.sh $(BUILD_DIR)/bin/kvcache-node
+
+fuzz: build ## Fuzz record decoding and recovery for FUZZ_SECONDS (default 600)
+	tests/fuzz/run.sh $(or $(FUZZ_SECONDS),600) $(BUILD_DIR)
+
+bench-persist: build ## PUT throughput by fsync mode, GET p99 during a snapshot (bench/persist.sh)
+	bench/persist.sh $(BUILD_DIR)/bin/kvcache-node
 
 format: ## clang-format the C++ sources
 	find cache-node tests/unit -name '*.cc' -o -name '*.h' | xargs clang-format -i

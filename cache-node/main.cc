@@ -276,8 +276,7 @@ int Run(int argc, char** argv) {
   api_options.max_key_bytes = flags.max_key_bytes;
   api_options.max_value_bytes = flags.max_value_bytes;
   api_options.auth_token = token;
-  NodeApi api(store, clock, api_options, is_ready, [&metrics] { return metrics.Render(); },
-              persistence.get());
+  NodeApi api(store, clock, api_options, is_ready, [&metrics] { return metrics.Render(); });
 
   ServerOptions server_options;
   server_options.listen = flags.listen;
@@ -286,7 +285,7 @@ int Run(int argc, char** argv) {
   server_options.max_request_bytes = flags.max_value_bytes + flags.max_key_bytes * 3 + 64 * 1024;
   server_options.header_timeout = std::chrono::seconds(flags.header_timeout_seconds);
   server_options.body_timeout = std::chrono::seconds(flags.body_timeout_seconds);
-  HttpServer server(api, metrics, server_options);
+  HttpServer server(api, metrics, server_options, persistence.get());
   ExpiryLoop expiry(store);
 
   if (Status started = server.Start(); !started.ok()) {

@@ -152,13 +152,38 @@ Status Journal::FlushLocked(std::unique_lock<std::mutex>& lock, bool sync) {
   return error_;
 }
 
+std::vector<std::pair<std::function<void(const Status&)>, Status>> Journal::TakeAnsweredLocked() {
+  std::vector<std::pair<std::function<void(const Status&)>, Status>> answered;
+  auto end = error_.ok() ? on_durable_.upper_bound(durable_seq_) : on_durable_.end();
+  for (auto it = on_durable_.begin(); it != end; ++it) {
+    answered.emplace_back(std::move(it->second), it->first <= durable_seq_ ? Status::Ok() : error_);
+  }
+  on_durable_.erase(on_durable_.begin(), end);
+  return answered;
+}
+
+void Journal::OnDurable(uint64_t seq, std::function<void(const Status&)> done) {
+  Status now;
+  {
+    std::lock_guard lock(mu_);
+    if (options_.fsync == FsyncMode::kAlways && seq > durable_seq_ && error_.ok()) {
+      on_durable_.emplace(seq, std::move(done));
+      work_cv_.notify_one();
+      return;
+    }
+    now = options_.fsync == FsyncMode::kAlways && seq <= durable_seq_ ? Status::Ok() : error_;
+  }
+  done(now);
+}
+
 void Journal::FlusherLoop() {
   std::unique_lock lock(mu_);
   while (!stop_) {
     const bool always = options_.fsync == FsyncMode::kAlways;
     work_cv_.wait_for(lock, error_.ok() ? kFlushInterval : kRetryInterval, [&] {
       return stop_ || (error_.ok() && ((always && !pending_.empty()) ||
-                                        pending_.size() >= kWakeFlusherBytes));
+                                        pending_.size() >= kWakeFlusherBytes)) ||
+             (!on_durable_.empty() && on_durable_.begin()->first <= durable_seq_);
     });
     if (stop_) break;
     bool sync = always;
@@ -171,6 +196,20 @@ void Journal::FlusherLoop() {
       sync = true;
     }
     (void)FlushLocked(lock, sync);
+    if (!on_durable_.empty()) {
+      auto answered = TakeAnsweredLocked();
+      lock.unlock();
+      for (auto& [done, status] : answered) done(status);
+      lock.lock();
+    }
+  }
+  // Nobody is left to make the rest durable: answer them with the journal's state.
+  auto answered = TakeAnsweredLocked();
+  if (!answered.empty()) {
+    lock.unlock();
+    for (auto& [done, status] : answered) {
+      done(status.ok() ? UnavailableError("journal closed before the write was durable") : status);
+    }
   }
 }
 

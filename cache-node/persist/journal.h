@@ -18,6 +18,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -72,6 +74,12 @@ class Journal final : public WriteLog {
   // Under other modes returns at once (OK unless the journal is failed).
   Status WaitDurable(uint64_t seq);
 
+  // Calls `done` once record `seq` is durable (OK) or the journal has failed (its error): at
+  // once, on the calling thread, when that is already known or fsync is not "always";
+  // otherwise later on the flusher thread, so `done` must be quick and must not call back
+  // into the journal.
+  void OnDurable(uint64_t seq, std::function<void(const Status&)> done);
+
   // Writes and fsyncs everything appended so far, then starts a new segment. Returns the first
   // sequence number of the new segment: every record before it is in an older segment.
   StatusOr<uint64_t> Rotate();
@@ -88,6 +96,8 @@ class Journal final : public WriteLog {
   // REQUIRES: mu_ held. Writes pending_ (and fsyncs if asked), dropping and retaking mu_.
   Status FlushLocked(std::unique_lock<std::mutex>& lock, bool sync);
   Status OpenSegmentLocked(uint64_t first_seq);
+  // REQUIRES: mu_ held. Removes the callbacks that can be answered now.
+  std::vector<std::pair<std::function<void(const Status&)>, Status>> TakeAnsweredLocked();
 
   Env& env_;
   const std::string dir_;
@@ -105,6 +115,7 @@ class Journal final : public WriteLog {
   Status error_;              // sticky write failure, cleared by a successful retry
   bool stop_ = false;
   int durable_waiters_ = 0;
+  std::multimap<uint64_t, std::function<void(const Status&)>> on_durable_;
   std::unique_ptr<WritableFile> file_;
   uint64_t file_size_ = 0;
   std::chrono::steady_clock::time_point last_sync_;

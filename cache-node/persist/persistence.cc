@@ -262,6 +262,14 @@ Status Persistence::WaitDurable(uint64_t seq) {
   return journal_->WaitDurable(seq);
 }
 
+void Persistence::OnDurable(uint64_t seq, std::function<void(const Status&)> done) {
+  if (!journal_) {
+    done(UnavailableError("persistence is not open"));
+    return;
+  }
+  journal_->OnDurable(seq, std::move(done));
+}
+
 Status Persistence::Snapshot() {
   std::lock_guard snapshot_lock(snapshot_mu_);
   if (!journal_) return UnavailableError("persistence is not open");

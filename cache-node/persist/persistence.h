@@ -77,8 +77,9 @@ class Persistence {
   // (nothing is changed then), or the I/O error that stopped it.
   Status Recover();
 
-  // See Journal::WaitDurable.
+  // See Journal::WaitDurable and Journal::OnDurable.
   Status WaitDurable(uint64_t seq);
+  void OnDurable(uint64_t seq, std::function<void(const Status&)> done);
 
   // Takes a snapshot now and drops files no longer needed. One at a time.
   Status Snapshot();

@@ -10,6 +10,8 @@
 
 #include "server/http_util.h"
 
+#include <thread>
+
 namespace kvcache::node {
 namespace {
 
@@ -113,11 +115,58 @@ void WriteResponse(const std::shared_ptr<Pistache::Tcp::Peer>& peer, const std::
   QueueRest(peer, std::move(rest));
 }
 
+// How a response goes out on its connection.
+struct Framing {
+  Http::Version version = Http::Version::Http11;
+  bool head = false;               // HEAD: headers only
+  bool close = false;              // "Connection: close" (the client then closes)
+  bool http10_keep_alive = false;  // "Connection: keep-alive" for an HTTP/1.0 client
+};
+
+// Appends the status line and headers to `buf`, and the body when it is small; returns the
+// body still to send (large bodies go out with writev, uncopied).
+std::string_view Serialize(const ApiResponse& out, const Framing& framing, std::string& buf) {
+  buf += framing.version == Http::Version::Http10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+  buf += std::to_string(out.code);
+  buf += ' ';
+  buf += ReasonPhrase(out.code);
+  buf += "\r\n";
+  auto header = [&buf](std::string_view name, std::string_view value) {
+    buf += name;
+    buf += ": ";
+    buf += value;
+    buf += "\r\n";
+  };
+  if (!out.content_type.empty()) header("Content-Type", out.content_type);
+  if (out.etag) header("ETag", FormatEtag(*out.etag));
+  if (out.allow) header("Allow", out.allow);
+  if (out.www_authenticate) header("WWW-Authenticate", "Bearer");
+  if (out.cache_control) header("Cache-Control", out.cache_control);
+  if (out.retry_after_seconds > 0) header("Retry-After", std::to_string(out.retry_after_seconds));
+  if (framing.close) {
+    header("Connection", "close");
+  } else if (framing.http10_keep_alive) {
+    header("Connection", "keep-alive");
+  }
+  const bool no_body = framing.head || out.code == 204 || out.code == 304;
+  uint64_t length = framing.head ? out.head_content_length.value_or(out.body.size())
+                                 : out.body.size();
+  if (out.code != 204 && out.code != 304) header("Content-Length", std::to_string(length));
+  buf += "\r\n";
+  std::string_view body = no_body ? std::string_view() : std::string_view(out.body);
+  if (body.size() <= kInlineBodyLimit) {
+    buf += body;
+    body = {};
+  }
+  return body;
+}
+
 class RequestHandler : public Http::Handler {
  public:
   HTTP_PROTOTYPE(RequestHandler)
 
-  RequestHandler(const NodeApi* api, NodeMetrics* metrics) : api_(api), metrics_(metrics) {}
+  RequestHandler(const NodeApi* api, NodeMetrics* metrics, Persistence* persistence)
+      : api_(api), metrics_(metrics), persistence_(persistence) {}
 
   void onRequest(const Http::Request& req, Http::ResponseWriter response) override {
     const auto started = std::chrono::steady_clock::now();
@@ -152,9 +201,24 @@ class RequestHandler : public Http::Handler {
         connection && connection->control() == Http::ConnectionControl::Close;
     const bool asked_keep_alive =
         connection && connection->control() == Http::ConnectionControl::KeepAlive;
-    const bool http10 = req.version() == Http::Version::Http10;
-    Send(response, req.version(), out, api_req.method == HttpMethod::kHead,
-         asked_close || (http10 && !asked_keep_alive), http10 && asked_keep_alive);
+    Framing framing;
+    framing.version = req.version();
+    framing.head = api_req.method == HttpMethod::kHead;
+    framing.close = asked_close || (framing.version == Http::Version::Http10 && !asked_keep_alive);
+    framing.http10_keep_alive = framing.version == Http::Version::Http10 && asked_keep_alive;
+
+    std::shared_ptr<Pistache::Tcp::Peer> peer;
+    try {
+      peer = response.peer();
+    } catch (const std::exception&) {
+      return;  // the client is gone
+    }
+    peer->setIdle(true);
+    if (out.durable_seq != 0 && persistence_ != nullptr) {
+      SendWhenDurable(std::move(peer), std::move(out), framing, api_req.method, started);
+      return;
+    }
+    Send(peer, out, framing);
     metrics_->RecordRequest(api_req.method, out.code, std::chrono::steady_clock::now() - started);
   }
 
@@ -163,59 +227,63 @@ class RequestHandler : public Http::Handler {
     out.code = 408;
     out.body = JsonError(408, "request not received in time");
     out.content_type = "application/json";
-    Send(response, req.version(), out, false, true, false);
+    Framing framing;
+    framing.version = req.version();
+    framing.close = true;
+    try {
+      Send(response.peer(), out, framing);
+    } catch (const std::exception&) {
+      // the client is gone
+    }
   }
 
  private:
-  // Serialises the response and writes it; `close` adds "Connection: close" (the client then
-  // closes, as Pistache itself never closes a connection after a response).
-  static void Send(Http::ResponseWriter& response, Http::Version version, ApiResponse& out,
-                   bool head, bool close, bool http10_keep_alive) {
-    std::shared_ptr<Pistache::Tcp::Peer> peer;
-    try {
-      peer = response.peer();
-    } catch (const std::exception&) {
-      return;  // the client is gone
-    }
-    peer->setIdle(true);
+  static void Send(const std::shared_ptr<Pistache::Tcp::Peer>& peer, const ApiResponse& out,
+                   const Framing& framing) {
     thread_local std::string buf;
     buf.clear();
-    buf += version == Http::Version::Http10 ? "HTTP/1.0 " : "HTTP/1.1 ";
-    buf += std::to_string(out.code);
-    buf += ' ';
-    buf += ReasonPhrase(out.code);
-    buf += "\r\n";
-    auto header = [](std::string_view name, std::string_view value) {
-      buf += name;
-      buf += ": ";
-      buf += value;
-      buf += "\r\n";
-    };
-    if (!out.content_type.empty()) header("Content-Type", out.content_type);
-    if (out.etag) header("ETag", FormatEtag(*out.etag));
-    if (out.allow) header("Allow", out.allow);
-    if (out.www_authenticate) header("WWW-Authenticate", "Bearer");
-    if (out.cache_control) header("Cache-Control", out.cache_control);
-    if (out.retry_after_seconds > 0) header("Retry-After", std::to_string(out.retry_after_seconds));
-    if (close) {
-      header("Connection", "close");
-    } else if (http10_keep_alive) {
-      header("Connection", "keep-alive");
-    }
-    uint64_t length = head ? out.head_content_length.value_or(out.body.size()) : out.body.size();
-    if (out.code != 204 && out.code != 304) header("Content-Length", std::to_string(length));
-    buf += "\r\n";
-    std::string_view body = head || out.code == 204 || out.code == 304 ? std::string_view()
-                                                                       : std::string_view(out.body);
-    if (body.size() <= kInlineBodyLimit) {
-      buf += body;
-      body = {};
-    }
+    std::string_view body = Serialize(out, framing, buf);
     WriteResponse(peer, buf, body);
+  }
+
+  // fsync=always: the worker thread goes on serving other connections; the journal's flusher
+  // hands the response to Pistache's thread-safe write queue once the record is on disk (or
+  // an error response if it cannot get there). Concurrent writers thereby share fdatasyncs.
+  void SendWhenDurable(std::shared_ptr<Pistache::Tcp::Peer> peer, ApiResponse out,
+                       Framing framing, HttpMethod method,
+                       std::chrono::steady_clock::time_point started) {
+    const uint64_t seq = out.durable_seq;
+    const auto worker = std::this_thread::get_id();
+    std::weak_ptr<Pistache::Tcp::Peer> weak = peer;
+    NodeMetrics* metrics = metrics_;
+    persistence_->OnDurable(seq, [weak, worker, out = std::move(out), framing, method, started,
+                                  metrics](const Status& durable) mutable {
+      if (!durable.ok()) {
+        // Applied in memory and queued for the disk, but the client cannot count on it.
+        int code = HttpCodeFor(durable.code());
+        out = ApiResponse{};
+        out.code = code;
+        out.body = JsonError(code, "write not persisted: " + durable.message());
+        out.content_type = "application/json";
+      }
+      metrics->RecordRequest(method, out.code, std::chrono::steady_clock::now() - started);
+      std::shared_ptr<Pistache::Tcp::Peer> alive = weak.lock();
+      if (!alive) return;
+      std::string buf;
+      std::string_view body = Serialize(out, framing, buf);
+      if (std::this_thread::get_id() == worker) {
+        WriteResponse(alive, buf, body);  // answered at once, still on the worker thread
+      } else {
+        buf += body;
+        size_t size = buf.size();
+        alive->send(Pistache::RawBuffer(std::move(buf), size));
+      }
+    });
   }
 
   const NodeApi* api_;
   NodeMetrics* metrics_;
+  Persistence* persistence_;
 };
 
 }  // namespace
@@ -227,8 +295,9 @@ int UsableCpus() {
   return std::max(1, CPU_COUNT(&set));
 }
 
-HttpServer::HttpServer(const NodeApi& api, NodeMetrics& metrics, ServerOptions options)
-    : api_(api), metrics_(metrics), options_(std::move(options)) {}
+HttpServer::HttpServer(const NodeApi& api, NodeMetrics& metrics, ServerOptions options,
+                       Persistence* persistence)
+    : api_(api), metrics_(metrics), options_(std::move(options)), persistence_(persistence) {}
 
 HttpServer::~HttpServer() { Shutdown(); }
 
@@ -261,7 +330,7 @@ Status HttpServer::Start() {
                     .headerTimeout(options_.header_timeout)
                     .bodyTimeout(options_.body_timeout);
     endpoint_->init(opts);
-    endpoint_->setHandler(Http::make_handler<RequestHandler>(&api_, &metrics_));
+    endpoint_->setHandler(Http::make_handler<RequestHandler>(&api_, &metrics_, persistence_));
     endpoint_->serveThreaded();
   } catch (const std::exception& e) {
     endpoint_.reset();

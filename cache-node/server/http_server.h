@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "persist/persistence.h"
 #include "protocol/status.h"
 #include "server/metrics.h"
 #include "server/node_api.h"
@@ -38,7 +39,10 @@ int UsableCpus();
 
 class HttpServer {
  public:
-  HttpServer(const NodeApi& api, NodeMetrics& metrics, ServerOptions options);
+  // `persistence` (may be null): under fsync=always a write is answered once it is durable,
+  // without holding up the worker thread.
+  HttpServer(const NodeApi& api, NodeMetrics& metrics, ServerOptions options,
+             Persistence* persistence = nullptr);
   ~HttpServer();
 
   // Binds and starts serving on background threads. Returns InvalidArgument for a malformed
@@ -54,6 +58,7 @@ class HttpServer {
   const NodeApi& api_;
   NodeMetrics& metrics_;
   const ServerOptions options_;
+  Persistence* persistence_;
   int threads_ = 0;
   std::unique_ptr<Pistache::Http::Endpoint> endpoint_;
 };

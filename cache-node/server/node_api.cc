@@ -56,28 +56,18 @@ std::string_view MethodName(HttpMethod method) {
 }
 
 NodeApi::NodeApi(Store& store, const Clock& clock, ApiOptions options,
-                 std::function<bool()> ready, std::function<std::string()> metrics_text,
-                 Persistence* persistence)
+                 std::function<bool()> ready, std::function<std::string()> metrics_text)
     : store_(store),
       clock_(clock),
       options_(std::move(options)),
       ready_(std::move(ready)),
-      metrics_text_(std::move(metrics_text)),
-      persistence_(persistence) {}
+      metrics_text_(std::move(metrics_text)) {}
 
 std::optional<ApiResponse> NodeApi::CheckServing() const {
   if (ready_()) return std::nullopt;
   ApiResponse r = Error(503, "node is not serving data yet (recovering) or is stopping");
   r.retry_after_seconds = 1;
   return r;
-}
-
-std::optional<ApiResponse> NodeApi::AwaitDurable(uint64_t seq) const {
-  if (persistence_ == nullptr || seq == 0) return std::nullopt;
-  Status durable = persistence_->WaitDurable(seq);
-  if (durable.ok()) return std::nullopt;
-  // The write is applied in memory and queued for the disk; the client cannot count on it.
-  return Error(HttpCodeFor(durable.code()), "write not persisted: " + durable.message());
 }
 
 ApiResponse NodeApi::Handle(const ApiRequest& req) const {
@@ -205,10 +195,10 @@ ApiResponse NodeApi::HandlePut(const ApiRequest& req, const std::string& key) co
   }
   StatusOr<PutResult> result = store_.Put(put);
   if (!result.ok()) return ErrorFrom(result.status());
-  if (auto failed = AwaitDurable(result->seq)) return *failed;
   ApiResponse r;
   r.code = result->created ? 201 : 200;
   r.etag = result->etag;
+  r.durable_seq = result->seq;
   return r;
 }
 
@@ -216,9 +206,9 @@ ApiResponse NodeApi::HandleDelete(const std::string& key) const {
   uint64_t seq = 0;
   Status status = store_.Delete(key, &seq);
   if (!status.ok()) return ErrorFrom(status);
-  if (auto failed = AwaitDurable(seq)) return *failed;
   ApiResponse r;
   r.code = 204;
+  r.durable_seq = seq;
   return r;
 }
 
@@ -268,10 +258,10 @@ ApiResponse NodeApi::HandleFlush() const {
   uint64_t seq = 0;
   StatusOr<uint64_t> flushed = store_.Flush(&seq);
   if (!flushed.ok()) return ErrorFrom(flushed.status());
-  if (auto failed = AwaitDurable(seq)) return *failed;
   uint64_t removed = *flushed;
   ApiResponse r;
   r.code = 200;
+  r.durable_seq = seq;
   r.body = nlohmann::json{{"flushed", removed}}.dump();
   r.content_type = kJson;
   return r;

@@ -11,7 +11,6 @@
 #include <string>
 #include <string_view>
 
-#include "persist/persistence.h"
 #include "store/store.h"
 
 namespace kvcache::node {
@@ -40,6 +39,9 @@ struct ApiResponse {
   // For HEAD: the Content-Length a GET would have had (the body itself is empty).
   std::optional<uint64_t> head_content_length;
   int retry_after_seconds = 0;  // Retry-After header when > 0
+  // Non-zero: the response may only be sent once this log record is durable (fsync=always);
+  // if it cannot be made durable the caller answers with that error instead.
+  uint64_t durable_seq = 0;
 };
 
 struct ApiOptions {
@@ -59,10 +61,9 @@ std::string_view MethodName(HttpMethod method);
 class NodeApi {
  public:
   // `ready` answers /readyz and gates the data API (503 while recovering or stopping);
-  // `metrics_text` renders /metrics. `persistence` (may be null) makes writes wait until
-  // durable under fsync=always. All must outlive the API.
+  // `metrics_text` renders /metrics. Both must outlive the API.
   NodeApi(Store& store, const Clock& clock, ApiOptions options, std::function<bool()> ready,
-          std::function<std::string()> metrics_text, Persistence* persistence = nullptr);
+          std::function<std::string()> metrics_text);
 
   ApiResponse Handle(const ApiRequest& request) const;
 
@@ -78,14 +79,12 @@ class NodeApi {
   ApiResponse HandleStatic(const ApiRequest& request) const;
   std::optional<ApiResponse> CheckAuth(const ApiRequest& request) const;
   std::optional<ApiResponse> CheckServing() const;
-  std::optional<ApiResponse> AwaitDurable(uint64_t seq) const;
 
   Store& store_;
   const Clock& clock_;
   const ApiOptions options_;
   std::function<bool()> ready_;
   std::function<std::string()> metrics_text_;
-  Persistence* persistence_;
 };
 
 }  // namespace kvcache::node
