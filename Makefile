@@ -7,6 +7,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 LISTEN ?= 0.0.0.0:8080
 DATA_DIR ?= ./data
+LOCALK8S_DIR ?= $(abspath $(BUILD_DIR))/localk8s-state
 
 # Debian packages the build, the tests and the benchmarks need.
 DEBIAN_PACKAGES := \
@@ -16,9 +17,11 @@ DEBIAN_PACKAGES := \
   libxxhash-dev libssl-dev clang clang-format libclang-rt-14-dev \
   python3 python3-venv python3-pytest python3-requests python3-selenium \
   chromium chromium-driver \
-  wrk nginx-light webdis redis-server redis-tools
+  wrk nginx-light webdis redis-server redis-tools \
+  iproute2 iptables nftables containernetworking-plugins bubblewrap conntrack util-linux
 
-.PHONY: help deps build test test-unit test-integration run bench bench-persist fuzz clean format
+.PHONY: help deps build test test-unit test-integration run bench bench-persist fuzz clean format \
+  localk8s test-localk8s localk8s-up localk8s-down
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -74,6 +77,22 @@ fuzz: build ## Fuzz record decoding and recovery for FUZZ_SECONDS (default 600)
 
 bench-persist: build ## PUT throughput by fsync mode, GET p99 during a snapshot (bench/persist.sh)
 	bench/persist.sh $(BUILD_DIR)/bin/kvcache-node
+
+localk8s: deps ## Build localk8s and the pinned upstream Kubernetes, etcd, CoreDNS, helm
+	tests/localk8s/upstream/build.sh $(BUILD_DIR)/bin
+	cd tests/localk8s && go build -o $(abspath $(BUILD_DIR))/bin/localk8s ./cmd/localk8s
+
+test-localk8s: localk8s ## localk8s tests (root: a real control plane, bridge, iptables)
+	cd tests/localk8s && go test -count=1 ./cmd/localk8s ./internal/agent
+	cd tests/localk8s && KVCACHE_LOCALK8S_ROOT=1 go test -count=1 -timeout 10m -run TestRoot ./internal/agent
+	cd tests/localk8s && KVCACHE_LOCALK8S=1 LOCALK8S_BIN_DIR=$(abspath $(BUILD_DIR))/bin \
+	  go test -count=1 -timeout 20m -v -run 'TestLauncher' .
+
+localk8s-up: localk8s ## Run localk8s in the foreground (Ctrl-C stops it and cleans the host)
+	$(BUILD_DIR)/bin/localk8s up --state-dir $(LOCALK8S_DIR)
+
+localk8s-down: ## Clean up after a crashed localk8s
+	$(BUILD_DIR)/bin/localk8s down --state-dir $(LOCALK8S_DIR)
 
 format: ## clang-format the C++ sources
 	find cache-node tests/unit -name '*.cc' -o -name '*.h' | xargs clang-format -i

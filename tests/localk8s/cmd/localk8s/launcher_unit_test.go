@@ -1,0 +1,99 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+func readCert(t *testing.T, p string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestPKI(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := setupPKI(dir, []string{"node-1", "node-2"}); err != nil {
+		t.Fatal(err)
+	}
+	api := readCert(t, filepath.Join(dir, "pki", "apiserver.crt"))
+	for _, ip := range []string{kubernetesSvcIP, "127.0.0.1", hostIP} {
+		if !slices.ContainsFunc(api.IPAddresses, func(a net.IP) bool { return a.String() == ip }) {
+			t.Errorf("apiserver cert lacks IP %s: %v", ip, api.IPAddresses)
+		}
+	}
+	for _, d := range []string{"kubernetes.default.svc", "kubernetes.default.svc.cluster.local"} {
+		if err := api.VerifyHostname(d); err != nil {
+			t.Errorf("apiserver cert: %v", err)
+		}
+	}
+	ca := readCert(t, filepath.Join(dir, "pki", "ca.crt"))
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	n := readCert(t, filepath.Join(dir, "pki", "node-client-node-2.crt"))
+	if n.Subject.CommonName != "system:node:node-2" || !slices.Equal(n.Subject.Organization, []string{"system:nodes"}) {
+		t.Errorf("node cert subject %v", n.Subject)
+	}
+	if _, err := n.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("node cert: %v", err)
+	}
+	adm := readCert(t, filepath.Join(dir, "pki", "admin.crt"))
+	if !slices.Equal(adm.Subject.Organization, []string{"system:masters"}) {
+		t.Errorf("admin cert subject %v", adm.Subject)
+	}
+	kl := readCert(t, filepath.Join(dir, "pki", "kubelet-node-1.crt"))
+	if _, err := kl.Verify(x509.VerifyOptions{Roots: pool, DNSName: hostIP}); err != nil {
+		t.Errorf("kubelet serving cert for %s: %v", hostIP, err)
+	}
+	for _, f := range []string{"kubeconfigs/admin.kubeconfig", "kubeconfigs/node-1.kubeconfig", "pki/sa.key", "pki/sa.pub"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	// a second run keeps every certificate (same serial) and adds the new node's
+	if _, err := setupPKI(dir, []string{"node-1", "node-2", "node-3"}); err != nil {
+		t.Fatal(err)
+	}
+	if api2 := readCert(t, filepath.Join(dir, "pki", "apiserver.crt")); api2.SerialNumber.Cmp(api.SerialNumber) != 0 {
+		t.Errorf("apiserver cert re-issued")
+	}
+	if ca2 := readCert(t, filepath.Join(dir, "pki", "ca.crt")); !ca2.Equal(ca) {
+		t.Errorf("CA changed")
+	}
+	readCert(t, filepath.Join(dir, "pki", "node-client-node-3.crt"))
+}
+
+func TestNftHasRules(t *testing.T) {
+	empty := "table ip nat {\n\tchain OUTPUT {\n\t\ttype nat hook output priority -100; policy accept;\n\t}\n}\n"
+	if nftHasRules(empty) {
+		t.Error("empty table reported as having rules")
+	}
+	full := "table ip filter {\n\tchain INPUT {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tcounter packets 0 bytes 0 jump KUBE-FIREWALL\n\t}\n}\n"
+	if !nftHasRules(full) {
+		t.Error("rule not seen")
+	}
+}
+
+func TestProcRef(t *testing.T) {
+	r := selfRef("me")
+	if !r.alive() {
+		t.Fatal("self not alive")
+	}
+	r.Start++
+	if r.alive() {
+		t.Error("a different start time must not match")
+	}
+}
