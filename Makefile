@@ -9,9 +9,10 @@ LISTEN ?= 0.0.0.0:8080
 DATA_DIR ?= ./data
 LOCALK8S_DIR ?= $(abspath $(BUILD_DIR))/localk8s-state
 
-# Debian packages the build, the tests and the benchmarks need.
+# Debian packages the build, the tests and the benchmarks need. Go (1.26) and Node.js 20 with
+# npm come with the machine (Debian's npm would conflict with that Node.js).
 DEBIAN_PACKAGES := \
-  build-essential cmake ninja-build pkg-config git ca-certificates curl npm \
+  build-essential cmake ninja-build pkg-config git ca-certificates curl \
   libpistache-dev libcpprest-dev prometheus-cpp-dev nlohmann-json3-dev libgtest-dev \
   libgmock-dev libbenchmark-dev libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev \
   libxxhash-dev libssl-dev clang clang-format libclang-rt-14-dev \
@@ -39,6 +40,7 @@ deps: ## Install missing Debian packages and the test venv (idempotent)
 	else \
 	  echo "Debian packages: all present"; \
 	fi
+	@command -v npm >/dev/null || { echo "npm (Node.js 20) is missing: it comes with the machine image" >&2; exit 1; }
 	@tests/integration/setup_venv.sh $(BUILD_DIR)/venv
 
 $(BUILD_DIR)/build.ninja:
