@@ -255,7 +255,7 @@ def test_large_value_to_a_slow_reader_then_more_requests(node_factory, http):
         return head, body
 
     with socket.create_connection(("127.0.0.1", n.port), timeout=10) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         s.sendall(b"GET /v1/big HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.2)  # let the server hit a full socket buffer before we read
         head, body = read_response(s, len(big))
