@@ -46,6 +46,16 @@ void WriteAll(const std::string& path, const std::string& data) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << data;
 }
 
+// Awaits the flusher's retry clearing a journal failure (it retries every 100 ms).
+template <typename StatsFn>
+bool AwaitRecovered(StatsFn failed) {
+  for (int i = 0; i < 500; ++i) {
+    if (!failed()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
 PutRequest Put(std::string_view key, std::string_view value) {
   PutRequest p;
   p.key = key;
@@ -161,10 +171,7 @@ TEST(Journal, DiskFullRefusesWritesThenRecoversByItself) {
 
   env.SetWriteFault(FaultInjectionEnv::Fault::kNone);
   // The flusher's retry writes "b" and clears the failure.
-  for (int i = 0; i < 200 && journal.Stats().failed; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_FALSE(journal.Stats().failed);
+  EXPECT_TRUE(AwaitRecovered([&] { return journal.Stats().failed; }));
   auto third = journal.LogPut("d", "4", "", 0);
   ASSERT_TRUE(third.ok());
   EXPECT_TRUE(journal.WaitDurable(*third).ok());
@@ -189,9 +196,7 @@ TEST(Journal, FsyncFailureIsReportedAndRetried) {
   ASSERT_TRUE(seq.ok());
   EXPECT_EQ(journal.WaitDurable(*seq).code(), StatusCode::kUnavailable);
   env.SetSyncFault(false);
-  for (int i = 0; i < 200 && journal.Stats().failed; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  EXPECT_TRUE(AwaitRecovered([&] { return journal.Stats().failed; }));
   EXPECT_TRUE(journal.WaitDurable(*seq).ok());
   ASSERT_TRUE(journal.Close().ok());
 }
@@ -415,9 +420,7 @@ TEST_F(PersistenceTest, DiskFullGives507AndKeepsAcknowledgedData) {
     EXPECT_FALSE(node->store.Get("refused").ok());
     EXPECT_TRUE(node->store.Get("safe").ok());  // reads keep working
     env.SetWriteFault(FaultInjectionEnv::Fault::kNone);
-    for (int i = 0; i < 200 && node->persistence.Stats().journal.failed; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    EXPECT_TRUE(AwaitRecovered([&] { return node->persistence.Stats().journal.failed; }));
     Write(*node, "later", "4");
   }
   auto node = Open();
