@@ -11,6 +11,7 @@
 //   3. persistence: optional final snapshot, then the log is written and fsynced;
 //   4. background work (active expiry) stops; the process exits 0.
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -23,6 +24,8 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include "cluster/cluster_view.h"
+#include "cluster/forwarder.h"
 #include "persist/env.h"
 #include "persist/persistence.h"
 #include "server/http_server.h"
@@ -53,9 +56,18 @@ struct Flags {
   std::string snapshot_log_bytes = "256Mi";
   std::string log_segment_bytes = "64Mi";
   bool snapshot_on_shutdown = false;
+  std::string node_name;
+  std::string topology_file;
+  int forward_timeout_ms = 5000;
   std::string log_format = "text";
   std::string log_level = "info";
 };
+
+std::string HostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "kvcache-node";
+  return name;
+}
 
 // "1048576", "512Mi", "2G": bytes with an optional Kubernetes-style suffix.
 StatusOr<uint64_t> ParseBytes(std::string_view text) {
@@ -195,6 +207,19 @@ int Run(int argc, char** argv) {
                  "Write a snapshot on SIGTERM so the next start replays no log")
       ->envname("KVCACHE_SNAPSHOT_ON_SHUTDOWN")
       ->capture_default_str();
+  app.add_option("--node-name", flags.node_name,
+                 "This node's stable name in the cluster topology (default: the host name, "
+                 "i.e. the pod name in Kubernetes)")
+      ->envname("KVCACHE_NODE_NAME");
+  app.add_option("--topology-file", flags.topology_file,
+                 "Cluster topology JSON (see docs/cluster.md): serve the keys of this node's "
+                 "slots, forward the others one hop to their owner")
+      ->envname("KVCACHE_TOPOLOGY_FILE");
+  app.add_option("--forward-timeout-ms", flags.forward_timeout_ms,
+                 "Give up on an owner that has not answered a forwarded request (503)")
+      ->envname("KVCACHE_FORWARD_TIMEOUT_MS")
+      ->check(CLI::Range(10, 600000))
+      ->capture_default_str();
   app.add_option("--log-format", flags.log_format, "text (klog-like) or json")
       ->envname("KVCACHE_LOG_FORMAT")
       ->check(CLI::IsMember({"text", "json"}))
@@ -233,6 +258,38 @@ int Run(int argc, char** argv) {
       return 2;
     }
     token = std::move(text);
+  }
+  if (flags.node_name.empty()) flags.node_name = HostName();
+  std::unique_ptr<ClusterView> cluster;
+  std::unique_ptr<Forwarder> forwarder;
+  if (!flags.topology_file.empty()) {
+    std::ifstream in(flags.topology_file);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!in.good() && !in.eof()) {
+      spdlog::error("Cannot read --topology-file path={}", flags.topology_file);
+      return 2;
+    }
+    StatusOr<protocol::Topology> topology = protocol::ParseTopology(text);
+    if (!topology.ok()) {
+      spdlog::error("Invalid --topology-file path={}: {}", flags.topology_file,
+                    topology.status().message());
+      return 2;
+    }
+    cluster = std::make_unique<ClusterView>(flags.node_name);
+    if (Status st = cluster->Update(std::move(*topology)); !st.ok()) {
+      spdlog::error("Invalid --topology-file path={}: {}", flags.topology_file, st.message());
+      return 2;
+    }
+    const Routing* routing = cluster->current();
+    if (routing->self_shard < 0) {
+      spdlog::warn("Node name={} is not in the topology: it forwards every key", flags.node_name);
+    }
+    spdlog::info("Loaded topology cluster={} epoch={} shards={} node={} shard={} primary={}",
+                 routing->topology.cluster, routing->topology.epoch,
+                 routing->topology.shards.size(), flags.node_name,
+                 routing->self_shard < 0 ? -1 : routing->topology.shards[routing->self_shard].id,
+                 routing->self_primary);
+    forwarder = std::make_unique<Forwarder>(std::chrono::milliseconds(flags.forward_timeout_ms));
   }
   std::error_code ec;
   std::filesystem::create_directories(flags.data_dir, ec);
@@ -277,6 +334,7 @@ int Run(int argc, char** argv) {
   api_options.max_value_bytes = flags.max_value_bytes;
   api_options.auth_token = token;
   NodeApi api(store, clock, api_options, is_ready, [&metrics] { return metrics.Render(); });
+  api.SetCluster(cluster.get());
 
   ServerOptions server_options;
   server_options.listen = flags.listen;
@@ -285,7 +343,7 @@ int Run(int argc, char** argv) {
   server_options.max_request_bytes = flags.max_value_bytes + flags.max_key_bytes * 3 + 64 * 1024;
   server_options.header_timeout = std::chrono::seconds(flags.header_timeout_seconds);
   server_options.body_timeout = std::chrono::seconds(flags.body_timeout_seconds);
-  HttpServer server(api, metrics, server_options, persistence.get());
+  HttpServer server(api, metrics, server_options, persistence.get(), forwarder.get());
   ExpiryLoop expiry(store);
 
   if (Status started = server.Start(); !started.ok()) {

@@ -143,6 +143,8 @@ std::string_view Serialize(const ApiResponse& out, const Framing& framing, std::
   if (out.www_authenticate) header("WWW-Authenticate", "Bearer");
   if (out.cache_control) header("Cache-Control", out.cache_control);
   if (out.retry_after_seconds > 0) header("Retry-After", std::to_string(out.retry_after_seconds));
+  if (!out.owner.empty()) header("X-KVCache-Owner", out.owner);
+  for (const auto& [name, value] : out.extra_headers) header(name, value);
   if (framing.close) {
     header("Connection", "close");
   } else if (framing.http10_keep_alive) {
@@ -165,8 +167,9 @@ class RequestHandler : public Http::Handler {
  public:
   HTTP_PROTOTYPE(RequestHandler)
 
-  RequestHandler(const NodeApi* api, NodeMetrics* metrics, Persistence* persistence)
-      : api_(api), metrics_(metrics), persistence_(persistence) {}
+  RequestHandler(const NodeApi* api, NodeMetrics* metrics, Persistence* persistence,
+                 Forwarder* forwarder)
+      : api_(api), metrics_(metrics), persistence_(persistence), forwarder_(forwarder) {}
 
   void onRequest(const Http::Request& req, Http::ResponseWriter response) override {
     const auto started = std::chrono::steady_clock::now();
@@ -191,6 +194,7 @@ class RequestHandler : public Http::Handler {
     }
     api_req.if_match = RawHeader(req, "If-Match");
     api_req.if_none_match = RawHeader(req, "If-None-Match");
+    api_req.hop = req.headers().tryGetRaw(kHopHeader).has_value();
 
     ApiResponse out = api_->Handle(api_req);
     // HTTP/1.1 connections persist unless the client says "close" (Pistache 0.0.5 would answer
@@ -214,6 +218,10 @@ class RequestHandler : public Http::Handler {
       return;  // the client is gone
     }
     peer->setIdle(true);
+    if (out.forward_to != nullptr && forwarder_ != nullptr) {
+      Forward(req, std::move(peer), std::move(out), framing, api_req.method, started);
+      return;
+    }
     if (out.durable_seq != 0 && persistence_ != nullptr) {
       SendWhenDurable(std::move(peer), std::move(out), framing, api_req.method, started);
       return;
@@ -246,44 +254,106 @@ class RequestHandler : public Http::Handler {
     WriteResponse(peer, buf, body);
   }
 
-  // fsync=always: the worker thread goes on serving other connections; the journal's flusher
-  // hands the response to Pistache's thread-safe write queue once the record is on disk (or
-  // an error response if it cannot get there). Concurrent writers thereby share fdatasyncs.
-  void SendWhenDurable(std::shared_ptr<Pistache::Tcp::Peer> peer, ApiResponse out,
-                       Framing framing, HttpMethod method,
-                       std::chrono::steady_clock::time_point started) {
-    const uint64_t seq = out.durable_seq;
+  // Returns a callable that answers this request later, from any thread: on the worker
+  // thread (when the answer came at once) straight to the socket, otherwise through
+  // Pistache's thread-safe write queue. The peer is held weakly: a client gone meanwhile gets
+  // nothing.
+  std::function<void(ApiResponse)> Deferred(const std::shared_ptr<Pistache::Tcp::Peer>& peer,
+                                            Framing framing, HttpMethod method,
+                                            std::chrono::steady_clock::time_point started) {
     const auto worker = std::this_thread::get_id();
     std::weak_ptr<Pistache::Tcp::Peer> weak = peer;
     NodeMetrics* metrics = metrics_;
-    persistence_->OnDurable(seq, [weak, worker, out = std::move(out), framing, method, started,
-                                  metrics](const Status& durable) mutable {
-      if (!durable.ok()) {
-        // Applied in memory and queued for the disk, but the client cannot count on it.
-        int code = HttpCodeFor(durable.code());
-        out = ApiResponse{};
-        out.code = code;
-        out.body = JsonError(code, "write not persisted: " + durable.message());
-        out.content_type = "application/json";
-      }
+    return [weak, worker, framing, method, started, metrics](ApiResponse out) {
       metrics->RecordRequest(method, out.code, std::chrono::steady_clock::now() - started);
       std::shared_ptr<Pistache::Tcp::Peer> alive = weak.lock();
       if (!alive) return;
       std::string buf;
       std::string_view body = Serialize(out, framing, buf);
       if (std::this_thread::get_id() == worker) {
-        WriteResponse(alive, buf, body);  // answered at once, still on the worker thread
+        WriteResponse(alive, buf, body);
       } else {
         buf += body;
         size_t size = buf.size();
         alive->send(Pistache::RawBuffer(std::move(buf), size));
       }
+    };
+  }
+
+  static ApiResponse JsonFailure(const Status& status, std::string_view what) {
+    ApiResponse out;
+    out.code = HttpCodeFor(status.code());
+    out.body = JsonError(out.code, std::string(what) + status.message());
+    out.content_type = "application/json";
+    if (status.code() == StatusCode::kUnavailable) out.retry_after_seconds = 1;
+    return out;
+  }
+
+  // fsync=always: the worker thread goes on serving other connections; the journal's flusher
+  // answers once the record is on disk (or with an error if it cannot get there). Concurrent
+  // writers thereby share fdatasyncs.
+  void SendWhenDurable(std::shared_ptr<Pistache::Tcp::Peer> peer, ApiResponse out,
+                       Framing framing, HttpMethod method,
+                       std::chrono::steady_clock::time_point started) {
+    const uint64_t seq = out.durable_seq;
+    auto answer = Deferred(peer, framing, method, started);
+    persistence_->OnDurable(seq, [answer, out = std::move(out)](const Status& durable) mutable {
+      // On failure the write is applied in memory and queued for the disk, but the client
+      // cannot count on it.
+      answer(durable.ok() ? std::move(out) : JsonFailure(durable, "write not persisted: "));
     });
+  }
+
+  // Cluster mode: one hop to the key's owner; its answer (or 503 + Retry-After if it cannot be
+  // reached) goes back to the client with X-KVCache-Owner.
+  void Forward(const Http::Request& req, std::shared_ptr<Pistache::Tcp::Peer> peer,
+               ApiResponse out, Framing framing, HttpMethod method,
+               std::chrono::steady_clock::time_point started) {
+    ForwardRequest request;
+    request.method = std::string(MethodName(method));
+    request.path_and_query = req.resource() + req.query().as_str();
+    request.body = req.body();
+    if (auto ct = req.headers().tryGet<Http::Header::ContentType>()) {
+      request.headers.emplace_back("Content-Type", ct->mime().raw().empty()
+                                                       ? ct->mime().toString()
+                                                       : ct->mime().raw());
+    }
+    if (auto auth = req.headers().tryGet<Http::Header::Authorization>()) {
+      request.headers.emplace_back("Authorization", auth->value());
+    }
+    for (const char* name : {"If-Match", "If-None-Match"}) {
+      if (auto value = RawHeader(req, name)) request.headers.emplace_back(name, *value);
+    }
+    auto answer = Deferred(peer, framing, method, started);
+    std::string owner(out.owner);
+    forwarder_->Forward(
+        out.forward_to->addr, std::move(request),
+        [answer, owner](StatusOr<ForwardResponse> got) {
+          if (!got.ok()) {
+            ApiResponse failed = JsonFailure(got.status(), "");
+            failed.extra_headers.emplace_back("X-KVCache-Owner", owner);
+            answer(std::move(failed));
+            return;
+          }
+          ApiResponse relayed;
+          relayed.code = got->code;
+          relayed.body = std::move(got->body);
+          relayed.head_content_length = got->content_length;
+          for (auto& [name, value] : got->headers) {
+            if (name == "Content-Type") {
+              relayed.content_type = value;
+            } else {
+              relayed.extra_headers.emplace_back(name, value);
+            }
+          }
+          answer(std::move(relayed));
+        });
   }
 
   const NodeApi* api_;
   NodeMetrics* metrics_;
   Persistence* persistence_;
+  Forwarder* forwarder_;
 };
 
 }  // namespace
@@ -296,8 +366,12 @@ int UsableCpus() {
 }
 
 HttpServer::HttpServer(const NodeApi& api, NodeMetrics& metrics, ServerOptions options,
-                       Persistence* persistence)
-    : api_(api), metrics_(metrics), options_(std::move(options)), persistence_(persistence) {}
+                       Persistence* persistence, Forwarder* forwarder)
+    : api_(api),
+      metrics_(metrics),
+      options_(std::move(options)),
+      persistence_(persistence),
+      forwarder_(forwarder) {}
 
 HttpServer::~HttpServer() { Shutdown(); }
 
@@ -330,7 +404,7 @@ Status HttpServer::Start() {
                     .headerTimeout(options_.header_timeout)
                     .bodyTimeout(options_.body_timeout);
     endpoint_->init(opts);
-    endpoint_->setHandler(Http::make_handler<RequestHandler>(&api_, &metrics_, persistence_));
+    endpoint_->setHandler(Http::make_handler<RequestHandler>(&api_, &metrics_, persistence_, forwarder_));
     endpoint_->serveThreaded();
   } catch (const std::exception& e) {
     endpoint_.reset();

@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "cluster/forwarder.h"
 #include "persist/persistence.h"
 #include "protocol/status.h"
 #include "server/metrics.h"
@@ -41,8 +42,9 @@ class HttpServer {
  public:
   // `persistence` (may be null): under fsync=always a write is answered once it is durable,
   // without holding up the worker thread.
+  // `forwarder` (may be null): cluster mode, requests for other nodes' keys go one hop there.
   HttpServer(const NodeApi& api, NodeMetrics& metrics, ServerOptions options,
-             Persistence* persistence = nullptr);
+             Persistence* persistence = nullptr, Forwarder* forwarder = nullptr);
   ~HttpServer();
 
   // Binds and starts serving on background threads. Returns InvalidArgument for a malformed
@@ -59,6 +61,7 @@ class HttpServer {
   NodeMetrics& metrics_;
   const ServerOptions options_;
   Persistence* persistence_;
+  Forwarder* forwarder_;
   int threads_ = 0;
   std::unique_ptr<Pistache::Http::Endpoint> endpoint_;
 };

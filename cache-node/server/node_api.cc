@@ -137,13 +137,38 @@ ApiResponse NodeApi::HandleKey(const ApiRequest& req, std::string_view raw_key) 
   if (key->size() > options_.max_key_bytes) {
     return Error(414, "key longer than " + std::to_string(options_.max_key_bytes) + " bytes");
   }
-  switch (req.method) {
-    case HttpMethod::kGet:
-    case HttpMethod::kHead: return HandleGet(req, *key);
-    case HttpMethod::kPut: return HandlePut(req, *key);
-    case HttpMethod::kDelete: return HandleDelete(*key);
-    default: return MethodNotAllowed("GET, HEAD, PUT, DELETE");
+  if (req.method != HttpMethod::kGet && req.method != HttpMethod::kHead &&
+      req.method != HttpMethod::kPut && req.method != HttpMethod::kDelete) {
+    return MethodNotAllowed("GET, HEAD, PUT, DELETE");
   }
+  std::string_view owner;
+  if (cluster_ != nullptr) {
+    RouteDecision route = cluster_->Route(*key);
+    if (route.owner != nullptr) {
+      if (!route.local) {
+        if (req.hop) {
+          // Sender and receiver disagree about the owner (a topology change in flight):
+          // never a second hop; the client retries once the topologies agree.
+          ApiResponse r = Error(503, "this node does not own the key (topology changing)");
+          r.retry_after_seconds = 1;
+          return r;
+        }
+        ApiResponse r;
+        r.forward_to = route.owner;
+        r.owner = route.owner->name;
+        return r;
+      }
+      owner = route.owner->name;
+    }
+  }
+  ApiResponse r;
+  switch (req.method) {
+    case HttpMethod::kPut: r = HandlePut(req, *key); break;
+    case HttpMethod::kDelete: r = HandleDelete(*key); break;
+    default: r = HandleGet(req, *key); break;
+  }
+  r.owner = owner;
+  return r;
 }
 
 ApiResponse NodeApi::HandleGet(const ApiRequest& req, const std::string& key) const {

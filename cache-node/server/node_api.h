@@ -10,7 +10,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
+#include "cluster/cluster_view.h"
 #include "store/store.h"
 
 namespace kvcache::node {
@@ -25,6 +28,7 @@ struct ApiRequest {
   std::optional<std::string> ttl, prefix, limit, cursor;
   // Request headers the API reads.
   std::optional<std::string> content_type, if_match, if_none_match, authorization;
+  bool hop = false;  // forwarded by another node (X-KVCache-Hop): never forward it again
 };
 
 struct ApiResponse {
@@ -42,6 +46,13 @@ struct ApiResponse {
   // Non-zero: the response may only be sent once this log record is durable (fsync=always);
   // if it cannot be made durable the caller answers with that error instead.
   uint64_t durable_seq = 0;
+  // Set: the key belongs to another node; the caller forwards the request there (one hop) and
+  // answers with the owner's response. Points into the ClusterView's routing table.
+  const protocol::Member* forward_to = nullptr;
+  // X-KVCache-Owner: the name of the node that owns the key (cluster mode only).
+  std::string_view owner;
+  // Further headers, passed through from a forwarded answer.
+  std::vector<std::pair<std::string, std::string>> extra_headers;
 };
 
 struct ApiOptions {
@@ -67,6 +78,10 @@ class NodeApi {
 
   ApiResponse Handle(const ApiRequest& request) const;
 
+  // Cluster mode: keys owned by other nodes are answered with forward_to set. `cluster` must
+  // outlive the API. REQUIRES: called before serving.
+  void SetCluster(const ClusterView* cluster) { cluster_ = cluster; }
+
   const ApiOptions& options() const { return options_; }
 
  private:
@@ -85,6 +100,7 @@ class NodeApi {
   const ApiOptions options_;
   std::function<bool()> ready_;
   std::function<std::string()> metrics_text_;
+  const ClusterView* cluster_ = nullptr;
 };
 
 }  // namespace kvcache::node

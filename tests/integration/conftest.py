@@ -38,10 +38,11 @@ class Node:
     port: int
     data_dir: Path
     log_path: Path
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -60,7 +61,7 @@ class Node:
 
 
 def start_node(tmp_path: Path, extra_args=(), name="node", env=None, wait_ready=True,
-               data_dir=None) -> Node:
+               data_dir=None, listen="127.0.0.1:0") -> Node:
     work = tmp_path / name
     work.mkdir(parents=True, exist_ok=True)
     port_file = work / "port"
@@ -68,7 +69,7 @@ def start_node(tmp_path: Path, extra_args=(), name="node", env=None, wait_ready=
     data_dir = Path(data_dir) if data_dir else work / "data"
     args = [
         NODE_BIN,
-        "--listen", "127.0.0.1:0",
+        "--listen", listen,
         "--port-file", str(port_file),
         "--data-dir", str(data_dir),
         *extra_args,
@@ -85,7 +86,8 @@ def start_node(tmp_path: Path, extra_args=(), name="node", env=None, wait_ready=
         return int(text) if text.strip() else None
 
     port = wait_for(port_ready, what="node to bind its port")
-    node = Node(proc=proc, port=port, data_dir=data_dir, log_path=log_path)
+    node = Node(proc=proc, port=port, data_dir=data_dir, log_path=log_path,
+                host=listen.rsplit(":", 1)[0])
     if wait_ready:
         def ready():
             port_ready()  # fails fast if the process died

@@ -1,0 +1,131 @@
+"""Cluster mode from a static topology file: slots, one-hop forwarding, owner headers.
+
+Three nodes on their own loopback addresses (127.77.X.1-3, one port), 3 shards x 1 node.
+Replication, promotion and slot migration are not built yet.
+"""
+
+import json
+import random
+import signal
+
+import pytest
+import requests
+
+from conftest import start_node
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    net = random.randrange(1, 250)
+    port = random.randrange(20000, 60000)
+    addrs = [f"127.77.{net}.{i + 1}:{port}" for i in range(3)]
+    bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
+    topology = {
+        "cluster": "test", "epoch": 1,
+        "shards": [{"id": i, "slots": [list(bounds[i])],
+                    "primary": {"name": f"node-{i}", "addr": addrs[i]}, "replicas": []}
+                   for i in range(3)],
+    }
+    path = tmp_path / "topology.json"
+    path.write_text(json.dumps(topology))
+    nodes = []
+    try:
+        for i in range(3):
+            n = start_node(tmp_path, ("--node-name", f"node-{i}", "--topology-file", str(path)),
+                           name=f"node-{i}", listen=addrs[i])
+            nodes.append(n)
+        yield nodes, addrs
+    finally:
+        for n in nodes:
+            if n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGTERM)
+                n.proc.wait(10)
+
+
+def metric(addr, name):
+    for line in requests.get(f"http://{addr}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def test_any_node_serves_any_key_and_shards_split_the_keys(cluster):
+    nodes, addrs = cluster
+    keys = [f"key-{i}" for i in range(300)]
+    with requests.Session() as s:
+        for i, key in enumerate(keys):
+            r = s.put(f"http://{addrs[i % 3]}/v1/{key}", data=f"value-{i}")
+            assert r.status_code == 201, r.text
+            assert r.headers["X-KVCache-Owner"].startswith("node-")
+            assert "ETag" in r.headers
+        for addr in addrs:
+            for i, key in enumerate(keys):
+                r = s.get(f"http://{addr}/v1/{key}")
+                assert r.status_code == 200 and r.text == f"value-{i}", (addr, key)
+    held = [metric(a, "kvcache_node_keys") for a in addrs]
+    assert sum(held) == len(keys)
+    for count in held:
+        assert 0.2 * len(keys) < count < 0.47 * len(keys), held
+
+
+def test_hash_tags_keep_keys_together(cluster):
+    _, addrs = cluster
+    owners = {requests.put(f"http://{addrs[0]}/v1/%7Buser42%7D.{field}", data="x")
+              .headers["X-KVCache-Owner"] for field in ("name", "email", "cart", "orders")}
+    assert len(owners) == 1
+
+
+def test_conditional_writes_and_errors_pass_through_the_hop(cluster):
+    _, addrs = cluster
+    with requests.Session() as s:
+        # Find a key owned by node-2 and talk to node-0 about it.
+        key = next(k for k in (f"k{i}" for i in range(1000))
+                   if s.put(f"http://{addrs[2]}/v1/{k}", data="1").headers["X-KVCache-Owner"]
+                   == "node-2")
+        via = f"http://{addrs[0]}/v1/{key}"
+        etag = s.get(via).headers["ETag"]
+        assert s.put(via, data="2", headers={"If-Match": etag}).status_code == 200
+        assert s.put(via, data="3", headers={"If-Match": etag}).status_code == 412
+        assert s.put(via, data="x", headers={"If-None-Match": "*"}).status_code == 412
+        assert s.get(via).text == "2"
+        assert s.head(via).headers["Content-Length"] == "1"
+        assert s.delete(via).status_code == 204
+        missing = s.get(via)
+        assert missing.status_code == 404 and missing.json()["code"] == 404
+
+
+def test_owner_unreachable_is_503_with_retry_after(cluster):
+    nodes, addrs = cluster
+    with requests.Session() as s:
+        key = next(k for k in (f"u{i}" for i in range(1000))
+                   if s.put(f"http://{addrs[1]}/v1/{k}", data="1").headers["X-KVCache-Owner"]
+                   == "node-1")
+    nodes[1].proc.send_signal(signal.SIGKILL)
+    nodes[1].proc.wait()
+    r = requests.get(f"http://{addrs[0]}/v1/{key}", timeout=10)
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "1"
+    assert r.headers["X-KVCache-Owner"] == "node-1"
+    assert "unreachable" in r.json()["error"]
+
+
+def test_a_forwarded_request_is_never_forwarded_again(cluster):
+    _, addrs = cluster
+    key = next(k for k in (f"h{i}" for i in range(1000))
+               if requests.put(f"http://{addrs[0]}/v1/{k}", data="1").headers["X-KVCache-Owner"]
+               != "node-0")
+    r = requests.get(f"http://{addrs[0]}/v1/{key}", headers={"X-KVCache-Hop": "1"})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+
+
+def test_bad_topology_file_is_refused(tmp_path):
+    import subprocess
+    from conftest import NODE_BIN
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"cluster": "c", "epoch": 1, "shards": [
+        {"id": 0, "slots": [[0, 100]], "primary": {"name": "a", "addr": "127.0.0.1:1"}}]}))
+    result = subprocess.run([NODE_BIN, "--listen", "127.0.0.1:0", "--topology-file", str(bad),
+                             "--data-dir", str(tmp_path / "d")],
+                            capture_output=True, text=True, timeout=10)
+    assert result.returncode == 2
+    assert "slot 101 has no owner" in result.stdout + result.stderr
