@@ -3,6 +3,8 @@
 #include <atomic>
 
 #include <cpprest/http_client.h>
+#include <pplx/threadpool.h>
+#include <sched.h>
 
 namespace kvcache::node {
 namespace {
@@ -18,7 +20,23 @@ constexpr const char* kPassedBack[] = {"Content-Type", "ETag", "Allow", "Retry-A
 
 }  // namespace
 
-Forwarder::Forwarder(std::chrono::milliseconds timeout) : timeout_(timeout) {}
+Forwarder::Forwarder(std::chrono::milliseconds timeout) : timeout_(timeout) {
+  // cpprestsdk's default pool has 40 threads: every forwarded request then bounces between
+  // threads (measured: context switches were most of the forwarding node's CPU). One thread per
+  // usable CPU is enough for its asynchronous I/O. The pool is process-wide and can be sized
+  // only before first use.
+  static std::once_flag sized;
+  std::call_once(sized, [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    size_t cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+    try {
+      crossplat::threadpool::initialize_with_threads(std::max<size_t>(cpus, 2));
+    } catch (const std::exception&) {
+      // Already in use: keep the pool as it is.
+    }
+  });
+}
 
 Forwarder::~Forwarder() = default;
 
