@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
+#include <optional>
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
@@ -58,10 +60,37 @@ struct Flags {
   bool snapshot_on_shutdown = false;
   std::string node_name;
   std::string topology_file;
+  std::string cluster_token_file;
   int forward_timeout_ms = 5000;
   std::string log_format = "text";
   std::string log_level = "info";
 };
+
+// Reads a whole small file (token, topology). nullopt if it cannot be read.
+std::optional<std::string> ReadSmallFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return std::nullopt;
+  return text;
+}
+
+// The topology last installed, kept in the data directory so a restarted node knows its
+// cluster before the operator speaks to it again. Written to a temp file, fsynced, renamed.
+constexpr char kSavedTopology[] = "topology.json";
+
+Status SaveTopology(const std::string& dir, const protocol::Topology& topology) {
+  Env& env = Env::Posix();
+  const std::string path = dir + "/" + kSavedTopology;
+  StatusOr<std::unique_ptr<WritableFile>> file = env.NewWritableFile(path + ".tmp");
+  if (!file.ok()) return file.status();
+  Status st = (*file)->Append(protocol::EncodeTopology(topology));
+  if (st.ok()) st = (*file)->Sync();
+  if (st.ok()) st = (*file)->Close();
+  if (st.ok()) st = env.RenameFile(path + ".tmp", path);
+  if (st.ok()) st = env.SyncDir(dir);
+  return st;
+}
 
 std::string HostName() {
   char name[256] = {};
@@ -215,6 +244,10 @@ int Run(int argc, char** argv) {
                  "Cluster topology JSON (see docs/cluster.md): serve the keys of this node's "
                  "slots, forward the others one hop to their owner")
       ->envname("KVCACHE_TOPOLOGY_FILE");
+  app.add_option("--cluster-token-file", flags.cluster_token_file,
+                 "Bearer token of the admin API (/internal/*, used by the operator); without it "
+                 "the admin API is disabled")
+      ->envname("KVCACHE_CLUSTER_TOKEN_FILE");
   app.add_option("--forward-timeout-ms", flags.forward_timeout_ms,
                  "Give up on an owner that has not answered a forwarded request (503)")
       ->envname("KVCACHE_FORWARD_TIMEOUT_MS")
@@ -260,27 +293,44 @@ int Run(int argc, char** argv) {
     token = std::move(text);
   }
   if (flags.node_name.empty()) flags.node_name = HostName();
-  std::unique_ptr<ClusterView> cluster;
-  std::unique_ptr<Forwarder> forwarder;
-  if (!flags.topology_file.empty()) {
-    std::ifstream in(flags.topology_file);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (!in.good() && !in.eof()) {
-      spdlog::error("Cannot read --topology-file path={}", flags.topology_file);
+  std::optional<std::string> cluster_token;
+  if (!flags.cluster_token_file.empty()) {
+    std::optional<std::string> text = ReadSmallFile(flags.cluster_token_file);
+    while (text && !text->empty() && std::isspace(static_cast<unsigned char>(text->back()))) {
+      text->pop_back();
+    }
+    if (!text || text->empty()) {
+      spdlog::error("Empty or unreadable --cluster-token-file path={}", flags.cluster_token_file);
       return 2;
     }
-    StatusOr<protocol::Topology> topology = protocol::ParseTopology(text);
+    cluster_token = std::move(*text);
+  }
+  // The cluster view always exists: with no topology every key is local; the operator may
+  // install one later (PUT /internal/topology). A --topology-file and the topology saved in
+  // the data directory are both read; the higher epoch wins.
+  ClusterView cluster(flags.node_name);
+  std::vector<std::pair<std::string, std::string>> topology_sources;
+  if (!flags.topology_file.empty()) topology_sources.emplace_back(flags.topology_file, "file");
+  const std::string saved_topology = flags.data_dir + "/" + kSavedTopology;
+  if (std::filesystem::exists(saved_topology)) {
+    topology_sources.emplace_back(saved_topology, "saved");
+  }
+  for (const auto& [path, kind] : topology_sources) {
+    std::optional<std::string> text = ReadSmallFile(path);
+    StatusOr<protocol::Topology> topology =
+        text ? protocol::ParseTopology(*text) : StatusOr<protocol::Topology>(
+                                                    UnavailableError("cannot read the file"));
     if (!topology.ok()) {
-      spdlog::error("Invalid --topology-file path={}: {}", flags.topology_file,
-                    topology.status().message());
+      spdlog::error("Invalid topology path={}: {}", path, topology.status().message());
       return 2;
     }
-    cluster = std::make_unique<ClusterView>(flags.node_name);
-    if (Status st = cluster->Update(std::move(*topology)); !st.ok()) {
-      spdlog::error("Invalid --topology-file path={}: {}", flags.topology_file, st.message());
+    if (Status st = cluster.Update(std::move(*topology));
+        !st.ok() && st.code() != StatusCode::kFailedPrecondition) {
+      spdlog::error("Invalid topology path={}: {}", path, st.message());
       return 2;
     }
-    const Routing* routing = cluster->current();
+  }
+  if (const Routing* routing = cluster.current()) {
     if (routing->self_shard < 0) {
       spdlog::warn("Node name={} is not in the topology: it forwards every key", flags.node_name);
     }
@@ -289,8 +339,8 @@ int Run(int argc, char** argv) {
                  routing->topology.shards.size(), flags.node_name,
                  routing->self_shard < 0 ? -1 : routing->topology.shards[routing->self_shard].id,
                  routing->self_primary);
-    forwarder = std::make_unique<Forwarder>(std::chrono::milliseconds(flags.forward_timeout_ms));
   }
+  Forwarder forwarder(std::chrono::milliseconds(flags.forward_timeout_ms));
   std::error_code ec;
   std::filesystem::create_directories(flags.data_dir, ec);
   if (ec) {
@@ -333,8 +383,13 @@ int Run(int argc, char** argv) {
   api_options.max_key_bytes = flags.max_key_bytes;
   api_options.max_value_bytes = flags.max_value_bytes;
   api_options.auth_token = token;
+  api_options.cluster_token = cluster_token;
   NodeApi api(store, clock, api_options, is_ready, [&metrics] { return metrics.Render(); });
-  api.SetCluster(cluster.get());
+  const std::string data_dir = flags.data_dir;
+  api.SetCluster(&cluster, [data_dir](const protocol::Topology& topology) {
+    spdlog::info("Installed topology cluster={} epoch={}", topology.cluster, topology.epoch);
+    return SaveTopology(data_dir, topology);
+  });
 
   ServerOptions server_options;
   server_options.listen = flags.listen;
@@ -343,7 +398,7 @@ int Run(int argc, char** argv) {
   server_options.max_request_bytes = flags.max_value_bytes + flags.max_key_bytes * 3 + 64 * 1024;
   server_options.header_timeout = std::chrono::seconds(flags.header_timeout_seconds);
   server_options.body_timeout = std::chrono::seconds(flags.body_timeout_seconds);
-  HttpServer server(api, metrics, server_options, persistence.get(), forwarder.get());
+  HttpServer server(api, metrics, server_options, persistence.get(), &forwarder);
   ExpiryLoop expiry(store);
 
   if (Status started = server.Start(); !started.ok()) {

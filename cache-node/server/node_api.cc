@@ -92,6 +92,7 @@ ApiResponse NodeApi::Handle(const ApiRequest& req) const {
     if (auto unavailable = CheckServing()) return *unavailable;
     return HandleFlush();
   }
+  if (path.substr(0, 10) == "/internal/") return HandleInternal(req);
   const bool read_method = req.method == HttpMethod::kGet || req.method == HttpMethod::kHead;
   if (path == "/healthz") {
     if (!read_method) return MethodNotAllowed("GET, HEAD");
@@ -290,6 +291,46 @@ ApiResponse NodeApi::HandleFlush() const {
   r.body = nlohmann::json{{"flushed", removed}}.dump();
   r.content_type = kJson;
   return r;
+}
+
+ApiResponse NodeApi::HandleInternal(const ApiRequest& req) const {
+  if (!options_.cluster_token) {
+    return Error(403, "the admin API is disabled: start the node with --cluster-token-file");
+  }
+  constexpr std::string_view kBearer = "Bearer ";
+  if (!req.authorization || req.authorization->size() <= kBearer.size() ||
+      std::string_view(*req.authorization).substr(0, kBearer.size()) != kBearer ||
+      !ConstantTimeEquals(std::string_view(*req.authorization).substr(kBearer.size()),
+                          *options_.cluster_token)) {
+    ApiResponse r = Error(401, "the admin API needs Authorization: Bearer <cluster token>");
+    r.www_authenticate = true;
+    return r;
+  }
+  if (req.path != "/internal/topology" || cluster_ == nullptr) {
+    return Error(404, "no such admin route");
+  }
+  if (req.method == HttpMethod::kGet || req.method == HttpMethod::kHead) {
+    const Routing* routing = cluster_->current();
+    if (routing == nullptr) return Error(404, "no topology installed");
+    return Text(200, protocol::EncodeTopology(routing->topology), kJson);
+  }
+  if (req.method != HttpMethod::kPut) return MethodNotAllowed("GET, HEAD, PUT");
+  StatusOr<protocol::Topology> topology = protocol::ParseTopology(req.body);
+  if (!topology.ok()) return ErrorFrom(topology.status());
+  const uint64_t epoch = topology->epoch;
+  protocol::Topology copy = *topology;
+  if (Status st = cluster_->Update(std::move(*topology)); !st.ok()) {
+    // A stale epoch is a conflict with what this node already knows.
+    return Error(st.code() == StatusCode::kFailedPrecondition ? 409 : HttpCodeFor(st.code()),
+                 st.message());
+  }
+  if (save_topology_) {
+    if (Status saved = save_topology_(copy); !saved.ok()) {
+      return ErrorFrom(Status(saved.code(), "topology installed but not persisted: " +
+                                                saved.message()));
+    }
+  }
+  return Text(200, nlohmann::json{{"epoch", epoch}}.dump(), kJson);
 }
 
 ApiResponse NodeApi::HandleStatic(const ApiRequest& req) const {

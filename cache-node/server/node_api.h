@@ -60,6 +60,9 @@ struct ApiOptions {
   size_t max_value_bytes = 1 << 20;
   // When set, /v1/* and /flush require "Authorization: Bearer <token>".
   std::optional<std::string> auth_token;
+  // The admin API (/internal/*) requires "Authorization: Bearer <cluster token>"; without a
+  // token it is disabled (403).
+  std::optional<std::string> cluster_token;
   // Longest accepted ?ttl=, in seconds (ten years).
   int64_t max_ttl_seconds = 10LL * 365 * 24 * 3600;
   size_t max_list_limit = 10000;
@@ -78,9 +81,15 @@ class NodeApi {
 
   ApiResponse Handle(const ApiRequest& request) const;
 
-  // Cluster mode: keys owned by other nodes are answered with forward_to set. `cluster` must
-  // outlive the API. REQUIRES: called before serving.
-  void SetCluster(const ClusterView* cluster) { cluster_ = cluster; }
+  // Cluster mode: keys owned by other nodes are answered with forward_to set, and
+  // PUT /internal/topology installs a newer topology, then calls `save` (to persist it; a
+  // failure is reported to the caller, the topology stays installed). Both must outlive the
+  // API. REQUIRES: called before serving.
+  void SetCluster(ClusterView* cluster,
+                  std::function<Status(const protocol::Topology&)> save = nullptr) {
+    cluster_ = cluster;
+    save_topology_ = std::move(save);
+  }
 
   const ApiOptions& options() const { return options_; }
 
@@ -100,7 +109,10 @@ class NodeApi {
   const ApiOptions options_;
   std::function<bool()> ready_;
   std::function<std::string()> metrics_text_;
-  const ClusterView* cluster_ = nullptr;
+  ApiResponse HandleInternal(const ApiRequest& request) const;
+
+  ClusterView* cluster_ = nullptr;
+  std::function<Status(const protocol::Topology&)> save_topology_;
 };
 
 }  // namespace kvcache::node

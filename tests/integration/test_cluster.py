@@ -129,3 +129,41 @@ def test_bad_topology_file_is_refused(tmp_path):
                             capture_output=True, text=True, timeout=10)
     assert result.returncode == 2
     assert "slot 101 has no owner" in result.stdout + result.stderr
+
+
+def test_admin_api_installs_and_persists_newer_topologies(tmp_path, node_factory):
+    token = tmp_path / "cluster-token"
+    token.write_text("t0ken\n")
+    data_dir = tmp_path / "data"
+    n = node_factory("--node-name", "solo", "--cluster-token-file", str(token), data_dir=data_dir)
+    url = n.url + "/internal/topology"
+    auth = {"Authorization": "Bearer t0ken"}
+
+    def doc(epoch, addr):
+        return {"cluster": "c", "epoch": epoch, "shards": [
+            {"id": 0, "slots": [[0, 16383]], "primary": {"name": "solo", "addr": addr},
+             "replicas": []}]}
+
+    assert requests.put(url, json=doc(2, "a:1")).status_code == 401
+    assert requests.put(url, json=doc(2, "a:1"),
+                        headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert requests.get(url, headers=auth).status_code == 404  # nothing installed yet
+    r = requests.put(url, json=doc(2, "a:1"), headers=auth)
+    assert r.status_code == 200 and r.json() == {"epoch": 2}
+    stale = requests.put(url, json=doc(2, "b:1"), headers=auth)
+    assert stale.status_code == 409 and "not newer" in stale.json()["error"]
+    bad = requests.put(url, data="{", headers=auth)
+    assert bad.status_code == 400
+    assert requests.put(url, json=doc(3, "c:1"), headers=auth).status_code == 200
+    # Keys keep working, served locally: this node owns every slot.
+    assert requests.put(n.url + "/v1/k", data="v").headers["X-KVCache-Owner"] == "solo"
+    assert n.stop() == 0
+    again = node_factory("--node-name", "solo", "--cluster-token-file", str(token),
+                         data_dir=data_dir)
+    got = requests.get(again.url + "/internal/topology", headers=auth).json()
+    assert got["epoch"] == 3 and got["shards"][0]["primary"]["addr"] == "c:1"
+
+
+def test_admin_api_is_off_without_a_cluster_token(node):
+    r = requests.get(node.url + "/internal/topology")
+    assert r.status_code == 403 and "--cluster-token-file" in r.json()["error"]
