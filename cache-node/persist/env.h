@@ -45,6 +45,9 @@ class Env {
   virtual Status CreateDir(const std::string& dir) = 0;
   // fsync of the directory itself, so renames and creations in it are durable.
   virtual Status SyncDir(const std::string& dir) = 0;
+  // fsync of an existing file (e.g. after TruncateFile).
+  virtual Status SyncFile(const std::string& path) = 0;
+  virtual bool FileExists(const std::string& path) = 0;
 
   static Env& Posix();
 };
@@ -78,6 +81,8 @@ class FaultInjectionEnv final : public Env {
   }
   Status CreateDir(const std::string& dir) override { return base_.CreateDir(dir); }
   Status SyncDir(const std::string& dir) override;
+  Status SyncFile(const std::string& path) override { return base_.SyncFile(path); }
+  bool FileExists(const std::string& path) override { return base_.FileExists(path); }
 
   Fault write_fault() const;
   bool sync_fault() const;

@@ -95,7 +95,7 @@ StatusOr<uint64_t> Journal::LogFlush() { return Append(Record{RecordType::kFlush
 
 Status Journal::FlushLocked(std::unique_lock<std::mutex>& lock, bool sync) {
   while (flushing_) durable_cv_.wait(lock);
-  if (pending_.empty() && (!sync || durable_seq_ == written_seq_)) return error_;
+  if (fatal_ || (pending_.empty() && (!sync || durable_seq_ == written_seq_))) return error_;
   flushing_ = true;
   std::string batch;
   batch.swap(pending_);
@@ -105,10 +105,17 @@ Status Journal::FlushLocked(std::unique_lock<std::mutex>& lock, bool sync) {
   lock.unlock();
 
   Status written = batch.empty() ? Status::Ok() : file->Append(batch);
+  bool fatal = false;
   if (!written.ok()) {
     // Cut off whatever part of the batch reached the file, so the retry does not leave a
-    // torn record in the middle of the log.
-    (void)file->Truncate(size_before);
+    // torn record in the middle of the log. If even that fails, a retry would append after
+    // torn bytes: give up on this log until restart.
+    if (Status cut = file->Truncate(size_before); !cut.ok()) {
+      fatal = true;
+      written = UnavailableError("log write failed (" + written.message() +
+                                 ") and the partial write could not be cut off (" +
+                                 cut.message() + "); restart the node");
+    }
   }
   Status synced;
   double sync_seconds = 0;
@@ -134,18 +141,29 @@ Status Journal::FlushLocked(std::unique_lock<std::mutex>& lock, bool sync) {
         if (sync_seconds <= kFsyncBuckets[b]) ++stats_.fsync_buckets[b];
       }
     }
-    error_ = synced;
-    if (!synced.ok()) ++stats_.write_errors;
+    if (!synced.ok()) {
+      // After a failed fdatasync Linux may have dropped the dirty pages and reports the error
+      // only once, so a retry could "succeed" over a hole. Nothing after durable_seq_ is
+      // acknowledged, ever: the log stays failed until the node restarts and recovers.
+      fatal_ = true;
+      error_ = UnavailableError("log fdatasync failed (" + synced.message() +
+                                "); writes are refused until the node restarts");
+      ++stats_.write_errors;
+    } else {
+      error_ = Status::Ok();
+    }
     if (synced.ok() && file_size_ >= options_.segment_bytes) {
+      // A failed rotation is retried after the next batch; the current segment stays usable.
       Status rotated = file->Sync();
       if (rotated.ok()) rotated = OpenSegmentLocked(written_seq_ + 1);
-      if (!rotated.ok()) error_ = rotated;
+      if (!rotated.ok()) ++stats_.write_errors;
     }
   } else {
     // Keep the batch, ahead of anything appended meanwhile, for the retry.
     batch += pending_;
     pending_.swap(batch);
     error_ = written;
+    if (fatal) fatal_ = true;
     ++stats_.write_errors;
   }
   durable_cv_.notify_all();
@@ -191,24 +209,13 @@ void Journal::FlusherLoop() {
         std::chrono::steady_clock::now() - last_sync_ >= std::chrono::seconds(1)) {
       sync = true;
     }
-    // A failed fsync is retried even when nothing new was appended.
-    if (!error_.ok() && written_seq_ != durable_seq_ && options_.fsync != FsyncMode::kNo) {
-      sync = true;
-    }
+    if (fatal_) continue;  // see FlushLocked: nothing more is written until restart
     (void)FlushLocked(lock, sync);
     if (!on_durable_.empty()) {
       auto answered = TakeAnsweredLocked();
       lock.unlock();
       for (auto& [done, status] : answered) done(status);
       lock.lock();
-    }
-  }
-  // Nobody is left to make the rest durable: answer them with the journal's state.
-  auto answered = TakeAnsweredLocked();
-  if (!answered.empty()) {
-    lock.unlock();
-    for (auto& [done, status] : answered) {
-      done(status.ok() ? UnavailableError("journal closed before the write was durable") : status);
     }
   }
 }
@@ -229,10 +236,8 @@ StatusOr<uint64_t> Journal::Rotate() {
   if (Status st = FlushLocked(lock, true); !st.ok()) return st;
   // Records appended while FlushLocked wrote are still in pending_: they start the new segment.
   const uint64_t first = written_seq_ + 1;
-  if (Status st = OpenSegmentLocked(first); !st.ok()) {
-    error_ = st;
-    return st;
-  }
+  // On failure the current segment stays in use (nothing is lost); the snapshot is retried.
+  if (Status st = OpenSegmentLocked(first); !st.ok()) return st;
   return first;
 }
 
@@ -250,6 +255,18 @@ Status Journal::Close() {
     if (st.ok()) st = closed;
     file_.reset();
   }
+  // Answer every write still waiting: durable ones OK, the rest with why they are not.
+  std::vector<std::pair<std::function<void(const Status&)>, Status>> answered;
+  for (auto& [seq, done] : on_durable_) {
+    answered.emplace_back(std::move(done),
+                          seq <= durable_seq_ ? Status::Ok()
+                          : !error_.ok()      ? error_
+                                              : UnavailableError("node stopped before the write "
+                                                                 "was durable"));
+  }
+  on_durable_.clear();
+  lock.unlock();
+  for (auto& [done, status] : answered) done(status);
   return st;
 }
 

@@ -10,7 +10,10 @@
 //   no        never; the kernel writes back when it likes.
 // When a write fails (disk full, I/O error) the journal becomes failed: the partial write is cut
 // off, new appends are refused with the error (so clients get 507/503 and nothing changes), the
-// flusher retries every 100 ms, and the first successful retry clears the failure.
+// flusher retries every 100 ms, and the first successful retry clears the failure. A failed
+// fdatasync (or a partial write that cannot be cut off) is not retried: the kernel may have
+// dropped the data and would not say so twice, so the log refuses writes until a restart
+// recovers from what is really on disk. Nothing unsynced is ever acknowledged.
 //
 // Thread safety: all public methods are thread-safe.
 #pragma once
@@ -113,6 +116,7 @@ class Journal final : public WriteLog {
   uint64_t durable_seq_;      // last sequence fsynced (or written, under fsync=no)
   bool flushing_ = false;     // a write is in progress without mu_
   Status error_;              // sticky write failure, cleared by a successful retry
+  bool fatal_ = false;        // a failure no retry can repair (fdatasync): until restart
   bool stop_ = false;
   int durable_waiters_ = 0;
   std::multimap<uint64_t, std::function<void(const Status&)>> on_durable_;

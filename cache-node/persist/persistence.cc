@@ -56,6 +56,13 @@ StatusOr<DirListing> ListDataDir(Env& env, const std::string& dir) {
   return listing;
 }
 
+// `path`.corrupt, or .corrupt.N when that exists: a file set aside never replaces another.
+std::string SetAsideName(Env& env, const std::string& path) {
+  std::string name = path + ".corrupt";
+  for (int n = 1; env.FileExists(name); ++n) name = path + ".corrupt." + std::to_string(n);
+  return name;
+}
+
 double UnixNow() {
   using namespace std::chrono;
   return duration<double>(system_clock::now().time_since_epoch()).count();
@@ -168,7 +175,12 @@ Status Persistence::Recover() {
       break;
     }
     ++recovery_.skipped_snapshots;
-    log_("Skipping corrupt snapshot name=" + name + " error=" + st.message());
+    // Set it aside, so it no longer counts as one of the two snapshots kept.
+    const std::string path = options_.dir + "/" + name;
+    const std::string aside = SetAsideName(env_, path);
+    log_("Skipping corrupt snapshot name=" + name + " error=" + st.message() +
+         "; renamed to " + aside);
+    if (Status renamed = env_.RenameFile(path, aside); !renamed.ok()) return renamed;
     if (StatusOr<uint64_t> cleared = store_.Flush(); !cleared.ok()) return cleared.status();
   }
 
@@ -231,14 +243,19 @@ Status Persistence::Recover() {
     log_("Found a torn or corrupt log record segment=" + name + " " + why + "; truncating it" +
          (i + 1 < segments.size() ? " and setting later segments aside as *.corrupt" : ""));
     if (bad_offset < kFileHeaderSize) {
-      if (Status st = env_.RenameFile(path, path + ".corrupt"); !st.ok()) return st;
+      if (Status st = env_.RenameFile(path, SetAsideName(env_, path)); !st.ok()) return st;
     } else if (Status st = env_.TruncateFile(path, bad_offset); !st.ok()) {
       return st;
+    } else if (Status synced = env_.SyncFile(path); !synced.ok()) {
+      return synced;
     }
     for (size_t j = i + 1; j < segments.size(); ++j) {
       const std::string later = options_.dir + "/" + segments[j].second;
-      if (Status st = env_.RenameFile(later, later + ".corrupt"); !st.ok()) return st;
+      if (Status st = env_.RenameFile(later, SetAsideName(env_, later)); !st.ok()) return st;
     }
+    // Durable before any new write is acknowledged: a second crash must not bring the torn
+    // tail or the set-aside segments back.
+    if (Status st = env_.SyncDir(options_.dir); !st.ok()) return st;
     break;
   }
 
@@ -249,6 +266,7 @@ Status Persistence::Recover() {
   store_.SetWriteLog(journal_.get());
   recovery_.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  recovered_.store(true, std::memory_order_release);
   log_("Recovered keys=" + std::to_string(store_.Stats().keys) +
        " snapshot_seq=" + std::to_string(recovery_.snapshot_seq) +
        " replayed_records=" + std::to_string(recovery_.replayed_records) +
@@ -400,7 +418,9 @@ Status Persistence::Shutdown() {
 
 PersistenceStats Persistence::Stats() const {
   PersistenceStats stats;
-  if (journal_) stats.journal = journal_->Stats();
+  // Recover() fills journal_ and recovery_ without locks; /metrics may ask meanwhile.
+  if (!recovered_.load(std::memory_order_acquire)) return stats;
+  stats.journal = journal_->Stats();
   std::lock_guard lock(stats_mu_);
   stats.recovery = recovery_;
   stats.snapshots = snapshots_;

@@ -106,6 +106,7 @@ class Persistence {
   const PersistenceOptions options_;
   ProgressLog log_;
   std::unique_ptr<Journal> journal_;
+  std::atomic<bool> recovered_{false};
 
   std::mutex snapshot_mu_;  // one snapshot at a time
   mutable std::mutex stats_mu_;

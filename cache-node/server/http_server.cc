@@ -3,6 +3,8 @@
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <poll.h>
+#include <unistd.h>
 
 #include <pistache/endpoint.h>
 #include <pistache/http.h>
@@ -82,6 +84,30 @@ void QueueRest(const std::shared_ptr<Pistache::Tcp::Peer>& peer, std::string res
   // Both callbacks run on the peer's own worker thread, like the request handler.
   peer->send(Pistache::RawBuffer(std::move(rest), size))
       .then([pending](ssize_t) { --*pending; }, [pending](std::exception_ptr) { --*pending; });
+}
+
+constexpr int kDeferredWriteTimeoutMs = 10'000;
+
+// Writes all of `data` to a non-blocking socket, waiting for room up to the timeout; gives up
+// silently when the client is gone or too slow (it then sees the connection close).
+void WriteWithTimeout(int fd, std::string_view data) {
+  if (fd < 0) return;
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kDeferredWriteTimeoutMs);
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      data.remove_prefix(static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return;
+    pollfd pfd{fd, POLLOUT, 0};
+    if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) return;
+  }
 }
 
 void WriteResponse(const std::shared_ptr<Pistache::Tcp::Peer>& peer, const std::string& head,
@@ -254,29 +280,35 @@ class RequestHandler : public Http::Handler {
     WriteResponse(peer, buf, body);
   }
 
-  // Returns a callable that answers this request later, from any thread: on the worker
-  // thread (when the answer came at once) straight to the socket, otherwise through
-  // Pistache's thread-safe write queue. The peer is held weakly: a client gone meanwhile gets
-  // nothing.
+  // Returns a callable that answers this request later, from any thread. On the worker
+  // thread (the answer came at once) it writes as usual. From another thread (the journal's
+  // flusher, cpprestsdk) it must not go through Pistache: Peer::send queues by fd number, and
+  // if the client disconnects and a new connection gets the same number before the queue is
+  // drained, the answer would reach the wrong client. So the callable holds its own dup() of
+  // this connection's socket, taken now while the fd surely is this connection's, and writes
+  // there (waiting up to kDeferredWriteTimeout for room); the socket closes with the last copy.
   std::function<void(ApiResponse)> Deferred(const std::shared_ptr<Pistache::Tcp::Peer>& peer,
                                             Framing framing, HttpMethod method,
                                             std::chrono::steady_clock::time_point started) {
     const auto worker = std::this_thread::get_id();
     std::weak_ptr<Pistache::Tcp::Peer> weak = peer;
+    auto own_fd = std::shared_ptr<int>(new int(::dup(peer->fd())), [](int* fd) {
+      if (*fd >= 0) ::close(*fd);
+      delete fd;
+    });
     NodeMetrics* metrics = metrics_;
-    return [weak, worker, framing, method, started, metrics](ApiResponse out) {
+    return [weak, worker, own_fd, framing, method, started, metrics](ApiResponse out) {
       metrics->RecordRequest(method, out.code, std::chrono::steady_clock::now() - started);
-      std::shared_ptr<Pistache::Tcp::Peer> alive = weak.lock();
-      if (!alive) return;
       std::string buf;
       std::string_view body = Serialize(out, framing, buf);
       if (std::this_thread::get_id() == worker) {
-        WriteResponse(alive, buf, body);
-      } else {
-        buf += body;
-        size_t size = buf.size();
-        alive->send(Pistache::RawBuffer(std::move(buf), size));
+        if (std::shared_ptr<Pistache::Tcp::Peer> alive = weak.lock()) {
+          WriteResponse(alive, buf, body);
+        }
+        return;
       }
+      buf += body;
+      WriteWithTimeout(*own_fd, buf);
     };
   }
 

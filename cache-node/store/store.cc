@@ -286,6 +286,12 @@ bool Store::EvictOne() {
       }
       pos = FastRandom();
     }
+    // An eviction is logged like a delete (as Redis does): otherwise the key would come back
+    // after a restart, and a client's later DELETE of it (answered 404) would be undone.
+    // If the log refuses, writes are being refused too; evicting anyway frees the memory.
+    if (best_score != 0 && log_ != nullptr) {
+      (void)log_->LogDelete(shard.table.at(best_slot)->key());
+    }
     victim = RemoveLocked(shard, best_slot);
     if (best_score == 0) {
       shard.expirations.fetch_add(1, std::memory_order_relaxed);

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 )
@@ -45,16 +46,31 @@ func serverStatus(ns, pod string) (*corev1.Pod, *corev1.ContainerStatus, error) 
 	return p, nil, fmt.Errorf("no status for container server yet")
 }
 
-// A failing liveness probe restarts the container (restartCount 1, Ready again: it heals), and a
-// server process SIGKILLed restarts with restartCount+1 and lastState exit code 137.
+// oomPy allocates memory until the kernel kills it (the container has a 64Mi limit).
+const oomPy = `
+import time
+print("allocating", flush=True)
+hog = []
+for i in range(1024):
+    hog.append(bytearray(8 << 20))
+    hog[-1][::4096] = b"x" * len(hog[-1][::4096])
+    time.sleep(0.01)
+print("survived 8 GiB?!", flush=True)
+`
+
+// A failing liveness probe restarts the container (restartCount 1, Ready again: it heals); then
+// the container's main process is killed by the kernel (SIGKILL, memory limit exceeded) and the
+// container restarts with restartCount+1 and lastState exit code 137.
 func TestLivenessAndKilledProcessRestart(t *testing.T) {
 	ns := namespace(t, "probe")
 	c := serverContainer()
 	c.ReadinessProbe = httpProbe("/readyz", 1)
 	c.LivenessProbe = httpProbe("/livez", 2)
-	spec := podSpec(c)
-	spec.ShareProcessNamespace = ptr.To(true)
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe"}, Spec: spec}
+	c.Resources = corev1.ResourceRequirements{
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
+		Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")},
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe"}, Spec: podSpec(c)}
 	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -92,13 +108,11 @@ func TestLivenessAndKilledProcessRestart(t *testing.T) {
 		"custom-columns=REASON:.reason,MESSAGE:.message", "--sort-by=.lastTimestamp")
 	t.Logf("events of pod probe:\n%s", ev)
 
-	// Killed process: SIGKILL from inside the pod; restartCount 2, exit code 137.
-	out, err = execPy(ns, "probe", killPy)
-	if err != nil {
-		t.Fatalf("kill: %v %s", err, out)
-	}
-	t.Logf("in pod: %s", strings.TrimSpace(out))
-	await(t, 2*time.Minute, "killed server restarted (restartCount 2, lastState exitCode 137) and Ready", func() (bool, error) {
+	// Killed process: the server grows past its memory limit (the exec'd allocator shares the
+	// container's cgroup); the kernel SIGKILLs the container's processes.
+	out, _ = kubectl(nil, "exec", "-n", ns, "probe", "--", "python3", "-c", oomPy)
+	t.Logf("in pod (exit expected): %s", strings.TrimSpace(out))
+	await(t, 2*time.Minute, "killed container restarted (restartCount 2) and Ready", func() (bool, error) {
 		p, st, err := serverStatus(ns, "probe")
 		if err != nil {
 			return false, err
@@ -109,7 +123,44 @@ func TestLivenessAndKilledProcessRestart(t *testing.T) {
 	if lt := st.LastTerminationState.Terminated; lt == nil || lt.ExitCode != 137 {
 		t.Errorf("lastState.terminated %+v, want exitCode 137 (SIGKILL)", lt)
 	} else {
-		t.Logf("after kill: restartCount %d, lastState.terminated exitCode %d reason %q signal %d",
-			st.RestartCount, lt.ExitCode, lt.Reason, lt.Signal)
+		t.Logf("after kill: restartCount %d, lastState.terminated exitCode %d reason %q",
+			st.RestartCount, lt.ExitCode, lt.Reason)
+	}
+}
+
+// With shareProcessNamespace the pod's processes see each other: a process SIGKILLed by another
+// process of the pod restarts with restartCount+1 and exit code 137.
+func TestSharedPIDNamespaceKill(t *testing.T) {
+	ns := namespace(t, "kill")
+	c := serverContainer()
+	c.ReadinessProbe = httpProbe("/readyz", 1)
+	spec := podSpec(c)
+	spec.ShareProcessNamespace = ptr.To(true)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "victim"}, Spec: spec}
+	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	awaitPodReady(t, ns, "victim")
+	out, err := execPy(ns, "victim", killPy)
+	if err != nil {
+		t.Fatalf("kill: %v %s", err, out)
+	}
+	t.Logf("in pod: %s", strings.TrimSpace(out))
+	if strings.TrimSpace(out) == "killed 1" {
+		t.Fatalf("the server is PID 1 of the pod's PID namespace although shareProcessNamespace is true " +
+			"(a pause/infra process must be PID 1); SIGKILL from inside the namespace is ignored by PID 1")
+	}
+	await(t, 2*time.Minute, "killed server restarted (restartCount 1) and Ready", func() (bool, error) {
+		p, st, err := serverStatus(ns, "victim")
+		if err != nil {
+			return false, err
+		}
+		return st.RestartCount == 1 && st.Ready && isReady(p), fmt.Errorf("%s", containerSummary(p))
+	})
+	_, st, _ := serverStatus(ns, "victim")
+	if lt := st.LastTerminationState.Terminated; lt == nil || lt.ExitCode != 137 {
+		t.Errorf("lastState.terminated %+v, want exitCode 137 (SIGKILL)", lt)
+	} else {
+		t.Logf("after kill: restartCount %d, lastState.terminated exitCode %d reason %q", st.RestartCount, lt.ExitCode, lt.Reason)
 	}
 }
