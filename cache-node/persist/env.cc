@@ -89,6 +89,27 @@ class PosixEnv final : public Env {
     ::close(fd);
     return out;
   }
+  StatusOr<std::string> ReadFileRange(const std::string& path, uint64_t offset,
+                                      size_t length) override {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoStatus(errno, "open", path);
+    std::string out(length, '\0');
+    size_t got = 0;
+    while (got < length) {
+      ssize_t n = ::pread(fd, out.data() + got, length - got, static_cast<off_t>(offset + got));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        int err = errno;
+        ::close(fd);
+        return ErrnoStatus(err, "read", path);
+      }
+      if (n == 0) break;
+      got += static_cast<size_t>(n);
+    }
+    ::close(fd);
+    out.resize(got);
+    return out;
+  }
   Status RenameFile(const std::string& from, const std::string& to) override {
     if (::rename(from.c_str(), to.c_str()) != 0) return ErrnoStatus(errno, "rename", from);
     return Status::Ok();

@@ -37,6 +37,9 @@ class Env {
   virtual StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) = 0;
   // Returns NotFound if absent.
   virtual StatusOr<std::string> ReadFile(const std::string& path) = 0;
+  // Up to `length` bytes from `offset`; fewer (or none) at the end of the file.
+  virtual StatusOr<std::string> ReadFileRange(const std::string& path, uint64_t offset,
+                                              size_t length) = 0;
   virtual Status RenameFile(const std::string& from, const std::string& to) = 0;
   virtual Status RemoveFile(const std::string& path) = 0;
   virtual Status TruncateFile(const std::string& path, uint64_t size) = 0;
@@ -69,6 +72,10 @@ class FaultInjectionEnv final : public Env {
 
   StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override;
   StatusOr<std::string> ReadFile(const std::string& path) override { return base_.ReadFile(path); }
+  StatusOr<std::string> ReadFileRange(const std::string& path, uint64_t offset,
+                                      size_t length) override {
+    return base_.ReadFileRange(path, offset, length);
+  }
   Status RenameFile(const std::string& from, const std::string& to) override {
     return base_.RenameFile(from, to);
   }

@@ -115,39 +115,61 @@ Status Persistence::CheckFormat() {
 }
 
 Status Persistence::LoadSnapshot(const std::string& name, uint64_t* entries) {
-  StatusOr<std::string> data = env_.ReadFile(options_.dir + "/" + name);
-  if (!data.ok()) return data.status();
-  if (Status st = CheckFileHeader(*data, kSnapshotMagic); !st.ok()) return st;
+  // Streamed in chunks: a snapshot is about as large as the data, and reading it whole would
+  // double the memory a restarting node needs.
+  constexpr size_t kChunk = 8 << 20;
+  const std::string path = options_.dir + "/" + name;
+  StatusOr<std::string> head = env_.ReadFileRange(path, 0, kFileHeaderSize);
+  if (!head.ok()) return head.status();
+  if (Status st = CheckFileHeader(*head, kSnapshotMagic); !st.ok()) return st;
   const int64_t now = clock_.NowMs();
-  RecordReader reader(*data, kFileHeaderSize);
+  uint64_t offset = kFileHeaderSize;  // file offset of buffer[0]
+  std::string buffer;
+  bool eof = false;
   uint64_t count = 0;
-  while (std::optional<Record> r = reader.Next()) {
-    if (r->type == RecordType::kEnd) {
-      uint64_t expected = 0;
-      if (r->value.size() == 8) std::memcpy(&expected, r->value.data(), 8);
-      if (expected != count || reader.Next().has_value() || reader.offset() != data->size()) {
-        return InvalidArgumentError("snapshot " + name + " has " + std::to_string(count) +
-                                    " entries but its end record says " +
-                                    std::to_string(expected));
+  auto corrupt = [&name](const std::string& why) {
+    return InvalidArgumentError("snapshot " + name + " is truncated or corrupt (" + why + ")");
+  };
+  while (true) {
+    if (!eof) {
+      StatusOr<std::string> chunk = env_.ReadFileRange(path, offset + buffer.size(), kChunk);
+      if (!chunk.ok()) return chunk.status();
+      eof = chunk->size() < kChunk;
+      buffer += *chunk;
+    }
+    RecordReader reader(buffer, 0);
+    while (std::optional<Record> r = reader.Next()) {
+      if (r->type == RecordType::kEnd) {
+        uint64_t expected = 0;
+        if (r->value.size() == 8) std::memcpy(&expected, r->value.data(), 8);
+        if (expected != count || !eof || reader.offset() != buffer.size()) {
+          return InvalidArgumentError("snapshot " + name + " has " + std::to_string(count) +
+                                      " entries but its end record says " +
+                                      std::to_string(expected) + " or data follows it");
+        }
+        *entries = count;
+        return Status::Ok();
       }
-      *entries = count;
-      return Status::Ok();
+      if (r->type != RecordType::kPut) {
+        return InvalidArgumentError("snapshot " + name + " holds a non-put record");
+      }
+      ++count;
+      if (r->expire_at_ms != 0 && r->expire_at_ms <= now) {
+        ++recovery_.expired_dropped;
+        continue;
+      }
+      PutRequest put{r->key, r->value, r->content_type, r->expire_at_ms, std::nullopt,
+                     std::nullopt};
+      if (StatusOr<PutResult> done = store_.Put(put); !done.ok()) {
+        log_("Dropped key during recovery: " + done.status().ToString());
+      }
     }
-    if (r->type != RecordType::kPut) {
-      return InvalidArgumentError("snapshot " + name + " holds a non-put record");
-    }
-    ++count;
-    if (r->expire_at_ms != 0 && r->expire_at_ms <= now) {
-      ++recovery_.expired_dropped;
-      continue;
-    }
-    PutRequest put{r->key, r->value, r->content_type, r->expire_at_ms, std::nullopt, std::nullopt};
-    if (StatusOr<PutResult> done = store_.Put(put); !done.ok()) {
-      log_("Dropped key during recovery: " + done.status().ToString());
-    }
+    if (reader.corrupt() && !reader.incomplete()) return corrupt(reader.error());
+    if (eof) return corrupt(reader.corrupt() ? reader.error() : "no end record");
+    // Keep the partial record for the next chunk.
+    offset += reader.offset();
+    buffer.erase(0, reader.offset());
   }
-  return InvalidArgumentError("snapshot " + name + " is truncated or corrupt" +
-                              (reader.corrupt() ? " (" + reader.error() + ")" : ""));
 }
 
 Status Persistence::Recover() {
@@ -182,6 +204,14 @@ Status Persistence::Recover() {
          "; renamed to " + aside);
     if (Status renamed = env_.RenameFile(path, aside); !renamed.ok()) return renamed;
     if (StatusOr<uint64_t> cleared = store_.Flush(); !cleared.ok()) return cleared.status();
+  }
+
+  if (replay_from == 0 && !listing->segments.empty() && listing->segments.front().first > 1) {
+    // No valid snapshot covers the records before the first segment: they are gone.
+    ++recovery_.corrupt_records;
+    log_("No valid snapshot and the log starts at seq " +
+         std::to_string(listing->segments.front().first) +
+         ": entries written before it are lost; recovering what the log holds");
   }
 
   // 2. The log from there on, stopping at the first bad record.

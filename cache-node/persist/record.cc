@@ -114,12 +114,18 @@ std::optional<Record> RecordReader::Next() {
     error_ = std::move(why) + " at offset " + std::to_string(offset_);
     return std::nullopt;
   };
-  if (data_.size() - offset_ < kFrameHeader) return fail("torn record header");
+  if (data_.size() - offset_ < kFrameHeader) {
+    incomplete_ = true;
+    return fail("torn record header");
+  }
   const char* p = data_.data() + offset_;
   uint32_t length = Get<uint32_t>(p);
   uint32_t stored_crc = Get<uint32_t>(p + 4);
   if (length < kPayloadFixed || length > kMaxRecordPayload) return fail("bad record length");
-  if (data_.size() - offset_ - kFrameHeader < length) return fail("torn record");
+  if (data_.size() - offset_ - kFrameHeader < length) {
+    incomplete_ = true;
+    return fail("torn record");
+  }
   std::string_view payload = data_.substr(offset_ + kFrameHeader, length);
   if (MaskCrc(Crc32c(payload)) != stored_crc) return fail("checksum mismatch");
   const char* q = payload.data();

@@ -65,6 +65,9 @@ class RecordReader {
   // nullopt and sets corrupt() with offset() at the bad record's start.
   std::optional<Record> Next();
   bool corrupt() const { return corrupt_; }
+  // The data ended inside a record (a torn tail, or a chunk boundary when streaming), as
+  // opposed to a record that is complete but wrong.
+  bool incomplete() const { return incomplete_; }
   const std::string& error() const { return error_; }
   size_t offset() const { return offset_; }
 
@@ -72,6 +75,7 @@ class RecordReader {
   std::string_view data_;
   size_t offset_;
   bool corrupt_ = false;
+  bool incomplete_ = false;
   std::string error_;
 };
 

@@ -26,6 +26,7 @@ func runScript(t *testing.T, ns, dir string, name string, args ...string) {
 
 // The official Python client (python3-kubernetes / PyPI kubernetes): ConfigMap CRUD + watch.
 func TestPythonClient(t *testing.T) {
+	t.Parallel()
 	py := os.Getenv("CONFORMANCE_PYTHON")
 	if py == "" {
 		py = "/usr/bin/python3"
@@ -39,6 +40,7 @@ func TestPythonClient(t *testing.T) {
 
 // @kubernetes/client-node 1.4.0 (node/package-lock.json): ConfigMap CRUD + watch.
 func TestNodeClient(t *testing.T) {
+	t.Parallel()
 	node := os.Getenv("CONFORMANCE_NODE")
 	if node == "" {
 		node = "node"

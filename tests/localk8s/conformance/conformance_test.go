@@ -52,6 +52,7 @@ const (
 //	/          the pod's hostname
 //	/readyz    200, or 503 after /set-unready (until /set-ready)
 //	/livez     200, or 500 after /set-dead
+//	/oom       allocates memory until the kernel kills the process (memory limit)
 //
 // It prints "serving <hostname>" at start and one line per request (for kubectl logs), appends
 // its hostname to /data/boot.log when /data exists, and exits on SIGTERM.
@@ -71,6 +72,12 @@ class H(http.server.BaseHTTPRequestHandler):
         elif self.path == "/set-dead": state["alive"] = False
         elif self.path == "/readyz" and not state["ready"]: code = 503
         elif self.path == "/livez" and not state["alive"]: code = 500
+        elif self.path == "/oom":
+            print("allocating until the memory limit kills me", flush=True)
+            hog = []
+            for i in range(1024):
+                hog.append(bytearray(8 << 20))
+                hog[-1][::4096] = b"x" * len(hog[-1][::4096])
         elif self.path == "/boot-log":
             body = open("/data/boot.log").read() if os.path.exists("/data/boot.log") else ""
         b = body.encode()

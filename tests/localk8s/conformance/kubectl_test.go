@@ -66,6 +66,7 @@ func awaitLine(t *testing.T, lines <-chan string, re *regexp.Regexp, timeout tim
 
 // kubectl logs (plain, --tail, -f), exec (output, exit code, stdin) and port-forward.
 func TestKubectlLogsExecPortForward(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t, "kubectl")
 	c := serverContainer()
 	c.ReadinessProbe = httpProbe("/readyz", 1)
@@ -101,6 +102,13 @@ func TestKubectlLogsExecPortForward(t *testing.T) {
 			t.Errorf("exec: output %q err %v, want %q and exit code 3", out, err, "talk")
 		} else {
 			t.Logf("exec printed %q, kubectl exit code %d", strings.TrimSpace(out), ee.ExitCode())
+		}
+		// A process killed by a signal: the runtime reports 128+signal, kubectl exits with it.
+		out, err = kubectl(nil, "exec", "-n", ns, "talk", "--", "sh", "-c", "kill -9 $$")
+		if !errors.As(err, &ee) || ee.ExitCode() != 137 || !strings.Contains(out, "command terminated with exit code 137") {
+			t.Errorf("exec of a process killed by SIGKILL: output %q err %v, want \"command terminated with exit code 137\"", strings.TrimSpace(out), err)
+		} else {
+			t.Logf("exec killed by SIGKILL: %q", strings.TrimSpace(out))
 		}
 		out, err = kubectl([]byte("hello stdin\n"), "exec", "-i", "-n", ns, "talk", "--", "python3", "-c",
 			"import sys; sys.stdout.write(sys.stdin.read().upper())")

@@ -47,6 +47,7 @@ type apiCall struct {
 // A ServiceAccount token mounted in a pod reaches the apiserver through the kubernetes Service
 // (authenticated as system:serviceaccount:NS:reader) and is refused (403) outside its Role.
 func TestServiceAccountTokenRBAC(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t, "rbac")
 	ctx := context.Background()
 	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "reader"}}, metav1.CreateOptions{}); err != nil {

@@ -85,6 +85,7 @@ func readyEndpointIPs(ns, svc string) ([]string, error) {
 // pods: a pod whose readiness probe fails leaves the EndpointSlice, the headless answer and the
 // ClusterIP's backends, and comes back when it passes again.
 func TestServiceRoutesToReadyPods(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t, "svc")
 	ctx := context.Background()
 	d := deployment("echo", 3)
@@ -94,14 +95,14 @@ func TestServiceRoutesToReadyPods(t *testing.T) {
 	sel := map[string]string{"app": "echo"}
 	svc, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: corev1.ServiceSpec{Selector: sel, Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(serverPort)}}},
+		Spec:       corev1.ServiceSpec{Selector: sel, Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(serverPort)}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo-headless"},
-		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: sel, Ports: []corev1.ServicePort{{Name: "http", Port: serverPort}}},
+		Spec:       corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: sel, Ports: []corev1.ServicePort{{Name: "http", Port: serverPort}}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

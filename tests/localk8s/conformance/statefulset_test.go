@@ -21,6 +21,7 @@ import (
 // <pod>.<svc>.<ns>.svc.cluster.local resolves to its IP from another pod and serves it.
 // Then `kubectl scale` down removes the highest ordinals first and the PVCs stay.
 func TestStatefulSetOrderedPVCDNS(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t, "sts")
 	ctx := context.Background()
 	const replicas = 3

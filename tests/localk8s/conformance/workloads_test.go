@@ -49,6 +49,7 @@ func readyPods(ns, selector string) (ready, total int, uids map[string]bool, err
 
 // kubectl scale, rollout status and rollout restart on a Deployment.
 func TestKubectlScaleRollout(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t, "rollout")
 	ctx := context.Background()
 	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, deployment("app", 1), metav1.CreateOptions{}); err != nil {
@@ -112,6 +113,7 @@ func TestKubectlScaleRollout(t *testing.T) {
 // kubectl delete --cascade=foreground|background|orphan on ReplicaSets: owned pods go (after the
 // owner for background, before it for foreground) or stay with their ownerReferences removed.
 func TestDeletePropagation(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t, "gc")
 	ctx := context.Background()
 	mk := func(name string) []string {
