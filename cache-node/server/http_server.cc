@@ -12,6 +12,7 @@
 
 #include "server/http_util.h"
 
+#include <mutex>
 #include <thread>
 
 namespace kvcache::node {
@@ -244,6 +245,10 @@ class RequestHandler : public Http::Handler {
       return;  // the client is gone
     }
     peer->setIdle(true);
+    if (out.fanout && forwarder_ != nullptr) {
+      FanOut(req, api_req, std::move(peer), framing, started);
+      return;
+    }
     if (out.forward_to != nullptr && forwarder_ != nullptr) {
       Forward(req, std::move(peer), std::move(out), framing, api_req.method, started);
       return;
@@ -334,6 +339,67 @@ class RequestHandler : public Http::Handler {
       // cannot count on it.
       answer(durable.ok() ? std::move(out) : JsonFailure(durable, "write not persisted: "));
     });
+  }
+
+  // Cluster mode, listing and flush: this node's own answer plus every other primary's (sent
+  // with the hop header), merged once the last one is in.
+  void FanOut(const Http::Request& req, ApiRequest api_req,
+              std::shared_ptr<Pistache::Tcp::Peer> peer, Framing framing,
+              std::chrono::steady_clock::time_point started) {
+    const std::vector<const protocol::Member*> targets = api_->FanoutTargets();
+    ApiRequest local = api_req;
+    local.hop = true;
+    struct Gather {
+      std::mutex mu;
+      std::vector<ApiResponse> answers;
+      size_t waiting = 0;
+    };
+    auto gather = std::make_shared<Gather>();
+    gather->answers.push_back(api_->Handle(local));
+    gather->waiting = targets.size();
+    // What MergeFanout needs of the request, owned (api_req's views die with this call).
+    auto merged_request = std::make_shared<std::pair<std::string, std::optional<std::string>>>(
+        std::string(api_req.path), api_req.limit);
+    auto answer = Deferred(peer, framing, api_req.method, started);
+    const NodeApi* api = api_;
+    auto finish_one = [gather, answer, api, merged_request](ApiResponse one) {
+      std::vector<ApiResponse> all;
+      {
+        std::lock_guard lock(gather->mu);
+        gather->answers.push_back(std::move(one));
+        if (--gather->waiting > 0) return;
+        all = std::move(gather->answers);
+      }
+      ApiRequest merge_req;
+      merge_req.path = merged_request->first;
+      merge_req.limit = merged_request->second;
+      answer(api->MergeFanout(merge_req, std::move(all)));
+    };
+    if (targets.empty()) {
+      answer(std::move(gather->answers.front()));
+      return;
+    }
+    for (const protocol::Member* target : targets) {
+      ForwardRequest request;
+      request.method = std::string(MethodName(api_req.method));
+      request.path_and_query = req.resource() + req.query().as_str();
+      if (auto auth = req.headers().tryGet<Http::Header::Authorization>()) {
+        request.headers.emplace_back("Authorization", auth->value());
+      }
+      const std::string name = target->name;
+      forwarder_->Forward(target->addr, std::move(request),
+                          [finish_one, name](StatusOr<ForwardResponse> got) {
+                            ApiResponse one;
+                            if (!got.ok()) {
+                              one.code = 503;
+                              one.body = name + ": " + got.status().message();
+                            } else {
+                              one.code = got->code;
+                              one.body = std::move(got->body);
+                            }
+                            finish_one(std::move(one));
+                          });
+    }
   }
 
   // Cluster mode: one hop to the key's owner; its answer (or 503 + Retry-After if it cannot be

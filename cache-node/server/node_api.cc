@@ -84,12 +84,22 @@ ApiResponse NodeApi::Handle(const ApiRequest& req) const {
       return MethodNotAllowed("GET, HEAD");
     }
     if (auto unavailable = CheckServing()) return *unavailable;
+    if (!req.hop && cluster_ != nullptr && cluster_->current() != nullptr) {
+      ApiResponse r;
+      r.fanout = true;
+      return r;
+    }
     return HandleList(req);
   }
   if (path == "/flush") {
     if (auto denied = CheckAuth(req)) return *denied;
     if (req.method != HttpMethod::kDelete) return MethodNotAllowed("DELETE");
     if (auto unavailable = CheckServing()) return *unavailable;
+    if (!req.hop && cluster_ != nullptr && cluster_->current() != nullptr) {
+      ApiResponse r;
+      r.fanout = true;
+      return r;
+    }
     return HandleFlush();
   }
   if (path.substr(0, 10) == "/internal/") return HandleInternal(req);
@@ -331,6 +341,68 @@ ApiResponse NodeApi::HandleInternal(const ApiRequest& req) const {
     }
   }
   return Text(200, nlohmann::json{{"epoch", epoch}}.dump(), kJson);
+}
+
+std::vector<const protocol::Member*> NodeApi::FanoutTargets() const {
+  std::vector<const protocol::Member*> targets;
+  const Routing* routing = cluster_ ? cluster_->current() : nullptr;
+  if (routing == nullptr) return targets;
+  for (const protocol::Shard& shard : routing->topology.shards) {
+    if (shard.primary.name != cluster_->self_name()) targets.push_back(&shard.primary);
+  }
+  return targets;
+}
+
+ApiResponse NodeApi::MergeFanout(const ApiRequest& req, std::vector<ApiResponse> answers) const {
+  const bool flush = req.path == "/flush";
+  for (const ApiResponse& a : answers) {
+    if (a.code != 200) {
+      // Pass a client error (bad limit, bad cursor) on as it is; anything else is the cluster's.
+      if (a.code >= 400 && a.code < 500) return a;
+      ApiResponse r = Error(503, std::string("a shard could not answer") +
+                                     (flush ? " (the flush may have happened on some shards)"
+                                            : "") +
+                                     ": HTTP " + std::to_string(a.code) + " " + a.body);
+      r.retry_after_seconds = 1;
+      return r;
+    }
+  }
+  if (flush) {
+    uint64_t total = 0;
+    for (const ApiResponse& a : answers) {
+      nlohmann::json doc = nlohmann::json::parse(a.body, nullptr, false);
+      if (doc.is_object() && doc["flushed"].is_number_unsigned()) {
+        total += doc["flushed"].get<uint64_t>();
+      }
+    }
+    return Text(200, nlohmann::json{{"flushed", total}}.dump(), kJson);
+  }
+  size_t limit = options_.default_list_limit;
+  if (req.limit) {
+    if (std::optional<int64_t> parsed = ParseNonNegativeInt(*req.limit)) {
+      limit = static_cast<size_t>(*parsed);
+    }
+  }
+  // Every shard answered its first `limit` keys after the same cursor, so the first `limit`
+  // of their sorted union are the cluster's.
+  std::vector<std::string> keys;
+  bool more = false;
+  for (const ApiResponse& a : answers) {
+    nlohmann::json doc = nlohmann::json::parse(a.body, nullptr, false);
+    if (!doc.is_object() || !doc["keys"].is_array()) continue;
+    for (const auto& k : doc["keys"]) keys.push_back(k.get<std::string>());
+    more = more || !doc["cursor"].is_null();
+  }
+  std::sort(keys.begin(), keys.end());
+  if (keys.size() > limit) {
+    keys.resize(limit);
+    more = true;
+  }
+  nlohmann::json body;
+  body["keys"] = keys;
+  body["count"] = keys.size();
+  body["cursor"] = more && !keys.empty() ? nlohmann::json(HexEncode(keys.back())) : nullptr;
+  return Text(200, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), kJson);
 }
 
 ApiResponse NodeApi::HandleStatic(const ApiRequest& req) const {

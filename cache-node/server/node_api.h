@@ -51,6 +51,10 @@ struct ApiResponse {
   const protocol::Member* forward_to = nullptr;
   // X-KVCache-Owner: the name of the node that owns the key (cluster mode only).
   std::string_view owner;
+  // Set: a cluster-wide request (listing, flush). The caller also sends it, with the hop
+  // header, to every node of FanoutTargets(), then answers with MergeFanout() of all answers
+  // (this node's own first: Handle() of the request with hop set).
+  bool fanout = false;
   // Further headers, passed through from a forwarded answer.
   std::vector<std::pair<std::string, std::string>> extra_headers;
 };
@@ -80,6 +84,13 @@ class NodeApi {
           std::function<std::string()> metrics_text);
 
   ApiResponse Handle(const ApiRequest& request) const;
+
+  // The other shards' primaries, for a fan-out. Pointers into the ClusterView's routing table.
+  std::vector<const protocol::Member*> FanoutTargets() const;
+  // Combines the answers of a fan-out of `request` (a listing or a flush) into one: keys merged
+  // in order under the request's limit, flush counts summed; any failed answer makes the whole
+  // a 503 naming it (a flush may then have happened on some shards only).
+  ApiResponse MergeFanout(const ApiRequest& request, std::vector<ApiResponse> answers) const;
 
   // Cluster mode: keys owned by other nodes are answered with forward_to set, and
   // PUT /internal/topology installs a newer topology, then calls `save` (to persist it; a

@@ -107,6 +107,11 @@ def test_owner_unreachable_is_503_with_retry_after(cluster):
     assert r.headers["Retry-After"] == "1"
     assert r.headers["X-KVCache-Owner"] == "node-1"
     assert "unreachable" in r.json()["error"]
+    # A cluster-wide request that cannot reach every shard says so.
+    listing = requests.get(f"http://{addrs[0]}/v1", timeout=10)
+    assert listing.status_code == 503 and listing.headers["Retry-After"] == "1"
+    flush = requests.delete(f"http://{addrs[0]}/flush", timeout=10)
+    assert flush.status_code == 503 and "some shards" in flush.json()["error"]
 
 
 def test_a_forwarded_request_is_never_forwarded_again(cluster):
@@ -167,3 +172,29 @@ def test_admin_api_installs_and_persists_newer_topologies(tmp_path, node_factory
 def test_admin_api_is_off_without_a_cluster_token(node):
     r = requests.get(node.url + "/internal/topology")
     assert r.status_code == 403 and "--cluster-token-file" in r.json()["error"]
+
+
+def test_listing_and_flush_are_cluster_wide(cluster):
+    _, addrs = cluster
+    keys = sorted(f"item-{i:03d}" for i in range(120))
+    with requests.Session() as s:
+        for i, key in enumerate(keys):
+            assert s.put(f"http://{addrs[i % 3]}/v1/{key}", data="x").status_code == 201
+        for addr in addrs:
+            seen, cursor = [], None
+            while True:
+                params = {"prefix": "item-", "limit": 25}
+                if cursor:
+                    params["cursor"] = cursor
+                page = s.get(f"http://{addr}/v1", params=params).json()
+                assert page["count"] == len(page["keys"]) <= 25
+                seen += page["keys"]
+                cursor = page["cursor"]
+                if cursor is None:
+                    break
+            assert seen == keys, addr
+        assert s.get(f"http://{addrs[0]}/v1", params={"limit": "0"}).status_code == 400
+        flushed = s.delete(f"http://{addrs[1]}/flush")
+        assert flushed.status_code == 200 and flushed.json() == {"flushed": 120}
+        assert sum(metric(a, "kvcache_node_keys") for a in addrs) == 0
+        assert s.get(f"http://{addrs[2]}/v1").json()["keys"] == []

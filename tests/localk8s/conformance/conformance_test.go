@@ -160,6 +160,15 @@ func namespace(t *testing.T, prefix string) string {
 	if err != nil {
 		t.Fatalf("create namespace: %v", err)
 	}
+	// As the e2e framework does: pods are refused until the controller-manager has made the
+	// namespace's default ServiceAccount.
+	err = poll(time.Minute, func() (bool, error) {
+		_, err := cs.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("namespace %s: no default ServiceAccount: %v", name, err)
+	}
 	t.Logf("namespace %s", name)
 	t.Cleanup(func() {
 		if t.Failed() {
