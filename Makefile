@@ -25,7 +25,7 @@ DEBIAN_PACKAGES := \
   localk8s test-localk8s localk8s-up localk8s-down
 
 help: ## Show the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 
 deps: ## Install missing Debian packages and the test venv (idempotent)
