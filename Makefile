@@ -19,7 +19,8 @@ DEBIAN_PACKAGES := \
   python3 python3-venv python3-pytest python3-requests python3-selenium \
   chromium chromium-driver \
   wrk nginx-light webdis redis-server redis-tools \
-  iproute2 iptables nftables containernetworking-plugins bubblewrap conntrack util-linux
+  iproute2 iptables nftables containernetworking-plugins bubblewrap conntrack util-linux \
+  python3-kubernetes
 
 .PHONY: help deps build test test-unit test-integration run bench bench-persist fuzz clean format \
   localk8s test-localk8s localk8s-up localk8s-down

@@ -54,7 +54,7 @@ const (
 //	/livez     200, or 500 after /set-dead
 //	/oom       allocates memory until the kernel kills the process (memory limit)
 //
-// It prints "serving <hostname>" at start and one line per request (for kubectl logs), appends
+// It prints "serving <hostname>" at start and one line per request but probes (for kubectl logs), appends
 // its hostname to /data/boot.log when /data exists, and exits on SIGTERM.
 const serverPy = `
 import http.server, os, signal, socket, sys
@@ -86,6 +86,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b)
     def log_message(self, fmt, *args):
+        if self.path in ("/readyz", "/livez"):
+            return  # probes: not logged, so the log's last line is the last real request
         print("request %s %s" % (self.path, args[1] if len(args) > 1 else ""), flush=True)
 http.server.ThreadingHTTPServer.allow_reuse_address = True
 srv = http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H)
