@@ -793,7 +793,7 @@ func (pr *podRuntime) execCapture(ctx context.Context, c *ctrRuntime, pc *proc, 
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if ee, ok := err.(*exec.ExitError); ok {
-			return string(out), ee.ExitCode(), nil
+			return string(out), ExitCodeOf(ee), nil
 		}
 		return string(out), -1, err
 	}

@@ -499,7 +499,7 @@ func (p *Provider) RunInContainer(ctx context.Context, ns, podName, ctrName stri
 	}
 	err = x.Run()
 	if ee, ok := err.(*exec.ExitError); ok {
-		return utilexec.CodeExitError{Err: fmt.Errorf("command terminated with exit code %d", ee.ExitCode()), Code: ee.ExitCode()}
+		return utilexec.CodeExitError{Err: fmt.Errorf("command terminated with exit code %d", ExitCodeOf(ee)), Code: ExitCodeOf(ee)}
 	}
 	return err
 }

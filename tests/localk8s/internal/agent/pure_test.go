@@ -2,6 +2,7 @@ package agent
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -533,5 +534,20 @@ func TestServiceLinkEnv(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %v\nwant %v", got, want)
+	}
+}
+
+func TestExitCodeOfASignalledProcessIs128PlusSignal(t *testing.T) {
+	err := exec.Command("sh", "-c", "kill -9 $$").Run()
+	ee, ok := err.(*exec.ExitError)
+	if !ok {
+		t.Fatalf("want an ExitError, got %v", err)
+	}
+	if got := ExitCodeOf(ee); got != 137 {
+		t.Fatalf("ExitCodeOf = %d, want 137", got)
+	}
+	err = exec.Command("sh", "-c", "exit 3").Run()
+	if got := ExitCodeOf(err.(*exec.ExitError)); got != 3 {
+		t.Fatalf("ExitCodeOf = %d, want 3", got)
 	}
 }

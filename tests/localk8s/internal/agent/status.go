@@ -2,8 +2,10 @@ package agent
 
 import (
 	"fmt"
+	"os/exec"
 	"sort"
 	"strings"
+	"syscall"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -161,4 +163,13 @@ func ExitReason(exitCode int32) string {
 		return "Completed"
 	}
 	return "Error"
+}
+
+// ExitCodeOf is a finished process's exit code as a container runtime reports it: the status
+// it exited with, or 128 + the signal that killed it (Go's ExitCode() says -1 for those).
+func ExitCodeOf(ee *exec.ExitError) int {
+	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ee.ExitCode()
 }

@@ -47,7 +47,7 @@ func runWithTTY(ctx context.Context, cmd *exec.Cmd, attach api.AttachIO) error {
 	f.Close()
 	<-outDone
 	if ee, ok := err.(*exec.ExitError); ok {
-		return utilexec.CodeExitError{Err: fmt.Errorf("command terminated with exit code %d", ee.ExitCode()), Code: ee.ExitCode()}
+		return utilexec.CodeExitError{Err: fmt.Errorf("command terminated with exit code %d", ExitCodeOf(ee)), Code: ExitCodeOf(ee)}
 	}
 	return err
 }
