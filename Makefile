@@ -23,7 +23,7 @@ DEBIAN_PACKAGES := \
   python3-kubernetes
 
 .PHONY: help deps build test test-unit test-integration run bench bench-persist fuzz clean format \
-  localk8s test-localk8s localk8s-up localk8s-down
+  localk8s test-localk8s conformance-localk8s localk8s-up localk8s-down
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -90,6 +90,9 @@ test-localk8s: localk8s ## localk8s tests (root: a real control plane, bridge, i
 	cd tests/localk8s && KVCACHE_LOCALK8S_ROOT=1 go test -count=1 -timeout 10m -run TestRoot ./internal/agent
 	cd tests/localk8s && KVCACHE_LOCALK8S=1 LOCALK8S_BIN_DIR=$(abspath $(BUILD_DIR))/bin \
 	  go test -count=1 -timeout 20m -v -run 'TestLauncher' .
+
+conformance-localk8s: localk8s ## The cluster conformance suite on a fresh localk8s (root; tests/localk8s/conformance)
+	tests/localk8s/conformance/run.sh
 
 localk8s-up: localk8s ## Run localk8s in the foreground (Ctrl-C stops it and cleans the host)
 	$(BUILD_DIR)/bin/localk8s up --state-dir $(LOCALK8S_DIR)
