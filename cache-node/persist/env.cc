@@ -69,25 +69,9 @@ class PosixEnv final : public Env {
     return std::unique_ptr<WritableFile>(new PosixWritableFile(fd, path));
   }
   StatusOr<std::string> ReadFile(const std::string& path) override {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ErrnoStatus(errno, "open", path);
-    std::string out;
     struct stat st {};
-    if (::fstat(fd, &st) == 0) out.reserve(static_cast<size_t>(st.st_size));
-    char buf[1 << 16];
-    for (;;) {
-      ssize_t n = ::read(fd, buf, sizeof(buf));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        int err = errno;
-        ::close(fd);
-        return ErrnoStatus(err, "read", path);
-      }
-      if (n == 0) break;
-      out.append(buf, static_cast<size_t>(n));
-    }
-    ::close(fd);
-    return out;
+    if (::stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "stat", path);
+    return ReadFileRange(path, 0, static_cast<size_t>(st.st_size));
   }
   StatusOr<std::string> ReadFileRange(const std::string& path, uint64_t offset,
                                       size_t length) override {
@@ -141,26 +125,23 @@ class PosixEnv final : public Env {
     }
     return Status::Ok();
   }
-  Status SyncFile(const std::string& path) override {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ErrnoStatus(errno, "open", path);
-    int rc = ::fsync(fd);
-    int err = errno;
-    ::close(fd);
-    if (rc != 0) return ErrnoStatus(err, "fsync", path);
-    return Status::Ok();
-  }
+  Status SyncFile(const std::string& path) override { return FsyncPath(path, O_RDONLY); }
   bool FileExists(const std::string& path) override {
     struct stat st {};
     return ::stat(path.c_str(), &st) == 0;
   }
   Status SyncDir(const std::string& dir) override {
-    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return ErrnoStatus(errno, "open", dir);
+    return FsyncPath(dir, O_RDONLY | O_DIRECTORY);
+  }
+
+ private:
+  static Status FsyncPath(const std::string& path, int flags) {
+    int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+    if (fd < 0) return ErrnoStatus(errno, "open", path);
     int rc = ::fsync(fd);
     int err = errno;
     ::close(fd);
-    if (rc != 0) return ErrnoStatus(err, "fsync", dir);
+    if (rc != 0) return ErrnoStatus(err, "fsync", path);
     return Status::Ok();
   }
 };

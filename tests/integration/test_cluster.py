@@ -42,6 +42,16 @@ def cluster(tmp_path):
                 n.proc.wait(10)
 
 
+def key_owned_by(addr, owner, stem):
+    """Writes keys stem0, stem1, ... through `addr` until one is owned by `owner`."""
+    for i in range(1000):
+        key = f"{stem}{i}"
+        r = requests.put(f"http://{addr}/v1/{key}", data="1")
+        if r.headers["X-KVCache-Owner"] == owner:
+            return key
+    raise AssertionError(f"no key owned by {owner}")
+
+
 def metric(addr, name):
     for line in requests.get(f"http://{addr}/metrics", timeout=5).text.splitlines():
         if line.startswith(name + " "):
@@ -78,10 +88,8 @@ def test_hash_tags_keep_keys_together(cluster):
 def test_conditional_writes_and_errors_pass_through_the_hop(cluster):
     _, addrs = cluster
     with requests.Session() as s:
-        # Find a key owned by node-2 and talk to node-0 about it.
-        key = next(k for k in (f"k{i}" for i in range(1000))
-                   if s.put(f"http://{addrs[2]}/v1/{k}", data="1").headers["X-KVCache-Owner"]
-                   == "node-2")
+        # A key owned by node-2, asked about through node-0.
+        key = key_owned_by(addrs[2], "node-2", "k")
         via = f"http://{addrs[0]}/v1/{key}"
         etag = s.get(via).headers["ETag"]
         assert s.put(via, data="2", headers={"If-Match": etag}).status_code == 200
@@ -96,10 +104,7 @@ def test_conditional_writes_and_errors_pass_through_the_hop(cluster):
 
 def test_owner_unreachable_is_503_with_retry_after(cluster):
     nodes, addrs = cluster
-    with requests.Session() as s:
-        key = next(k for k in (f"u{i}" for i in range(1000))
-                   if s.put(f"http://{addrs[1]}/v1/{k}", data="1").headers["X-KVCache-Owner"]
-                   == "node-1")
+    key = key_owned_by(addrs[1], "node-1", "u")
     nodes[1].proc.send_signal(signal.SIGKILL)
     nodes[1].proc.wait()
     r = requests.get(f"http://{addrs[0]}/v1/{key}", timeout=10)
