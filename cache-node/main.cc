@@ -22,6 +22,7 @@
 #include <fstream>
 #include <mutex>
 #include <thread>
+#include <tuple>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -72,6 +73,16 @@ std::optional<std::string> ReadSmallFile(const std::string& path) {
   if (!in) return std::nullopt;
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) return std::nullopt;
+  return text;
+}
+
+// A token file's content without trailing whitespace; nullopt if unreadable or empty.
+std::optional<std::string> ReadTokenFile(const std::string& path) {
+  std::optional<std::string> text = ReadSmallFile(path);
+  while (text && !text->empty() && std::isspace(static_cast<unsigned char>(text->back()))) {
+    text->pop_back();
+  }
+  if (!text || text->empty()) return std::nullopt;
   return text;
 }
 
@@ -275,36 +286,18 @@ int Run(int argc, char** argv) {
       return 2;
     }
   }
-  std::optional<std::string> token;
-  if (!flags.auth_token_file.empty()) {
-    std::ifstream in(flags.auth_token_file);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) {
-      text.pop_back();
-    }
-    if (!in.good() && !in.eof()) {
-      spdlog::error("Cannot read --auth-token-file path={}", flags.auth_token_file);
+  std::optional<std::string> token, cluster_token;
+  for (auto [flag, path, target] : {std::tuple{"--auth-token-file", &flags.auth_token_file, &token},
+                                    std::tuple{"--cluster-token-file", &flags.cluster_token_file,
+                                               &cluster_token}}) {
+    if (path->empty()) continue;
+    *target = ReadTokenFile(*path);
+    if (!*target) {
+      spdlog::error("Empty or unreadable {} path={}", flag, *path);
       return 2;
     }
-    if (text.empty()) {
-      spdlog::error("Empty or unreadable --auth-token-file path={}", flags.auth_token_file);
-      return 2;
-    }
-    token = std::move(text);
   }
   if (flags.node_name.empty()) flags.node_name = HostName();
-  std::optional<std::string> cluster_token;
-  if (!flags.cluster_token_file.empty()) {
-    std::optional<std::string> text = ReadSmallFile(flags.cluster_token_file);
-    while (text && !text->empty() && std::isspace(static_cast<unsigned char>(text->back()))) {
-      text->pop_back();
-    }
-    if (!text || text->empty()) {
-      spdlog::error("Empty or unreadable --cluster-token-file path={}", flags.cluster_token_file);
-      return 2;
-    }
-    cluster_token = std::move(*text);
-  }
   // The cluster view always exists: with no topology every key is local; the operator may
   // install one later (PUT /internal/topology). A --topology-file and the topology saved in
   // the data directory are both read; the higher epoch wins.

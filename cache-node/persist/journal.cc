@@ -170,11 +170,16 @@ Status Journal::FlushLocked(std::unique_lock<std::mutex>& lock, bool sync) {
   return error_;
 }
 
-std::vector<std::pair<std::function<void(const Status&)>, Status>> Journal::TakeAnsweredLocked() {
+std::vector<std::pair<std::function<void(const Status&)>, Status>> Journal::TakeAnsweredLocked(
+    bool closing) {
   std::vector<std::pair<std::function<void(const Status&)>, Status>> answered;
-  auto end = error_.ok() ? on_durable_.upper_bound(durable_seq_) : on_durable_.end();
+  // Durable ones are answered OK; the rest only when the journal failed or is closing.
+  auto end = error_.ok() && !closing ? on_durable_.upper_bound(durable_seq_) : on_durable_.end();
+  const Status not_durable =
+      !error_.ok() ? error_ : UnavailableError("node stopped before the write was durable");
   for (auto it = on_durable_.begin(); it != end; ++it) {
-    answered.emplace_back(std::move(it->second), it->first <= durable_seq_ ? Status::Ok() : error_);
+    answered.emplace_back(std::move(it->second),
+                          it->first <= durable_seq_ ? Status::Ok() : not_durable);
   }
   on_durable_.erase(on_durable_.begin(), end);
   return answered;
@@ -212,7 +217,7 @@ void Journal::FlusherLoop() {
     if (fatal_) continue;  // see FlushLocked: nothing more is written until restart
     (void)FlushLocked(lock, sync);
     if (!on_durable_.empty()) {
-      auto answered = TakeAnsweredLocked();
+      auto answered = TakeAnsweredLocked(/*closing=*/false);
       lock.unlock();
       for (auto& [done, status] : answered) done(status);
       lock.lock();
@@ -255,16 +260,7 @@ Status Journal::Close() {
     if (st.ok()) st = closed;
     file_.reset();
   }
-  // Answer every write still waiting: durable ones OK, the rest with why they are not.
-  std::vector<std::pair<std::function<void(const Status&)>, Status>> answered;
-  for (auto& [seq, done] : on_durable_) {
-    answered.emplace_back(std::move(done),
-                          seq <= durable_seq_ ? Status::Ok()
-                          : !error_.ok()      ? error_
-                                              : UnavailableError("node stopped before the write "
-                                                                 "was durable"));
-  }
-  on_durable_.clear();
+  auto answered = TakeAnsweredLocked(/*closing=*/true);
   lock.unlock();
   for (auto& [done, status] : answered) done(status);
   return st;

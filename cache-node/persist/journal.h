@@ -99,8 +99,9 @@ class Journal final : public WriteLog {
   // REQUIRES: mu_ held. Writes pending_ (and fsyncs if asked), dropping and retaking mu_.
   Status FlushLocked(std::unique_lock<std::mutex>& lock, bool sync);
   Status OpenSegmentLocked(uint64_t first_seq);
-  // REQUIRES: mu_ held. Removes the callbacks that can be answered now.
-  std::vector<std::pair<std::function<void(const Status&)>, Status>> TakeAnsweredLocked();
+  // REQUIRES: mu_ held. Removes the callbacks that can be answered now (all when `closing`).
+  std::vector<std::pair<std::function<void(const Status&)>, Status>> TakeAnsweredLocked(
+      bool closing);
 
   Env& env_;
   const std::string dir_;

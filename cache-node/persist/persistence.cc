@@ -114,6 +114,19 @@ Status Persistence::CheckFormat() {
   return st;
 }
 
+void Persistence::ApplyPut(const Record& r, int64_t now_ms) {
+  if (r.expire_at_ms != 0 && r.expire_at_ms <= now_ms) {
+    // Expired by now: an older value of the key (from the snapshot) must go too.
+    (void)store_.Delete(r.key);
+    ++recovery_.expired_dropped;
+    return;
+  }
+  PutRequest put{r.key, r.value, r.content_type, r.expire_at_ms, std::nullopt, std::nullopt};
+  if (StatusOr<PutResult> done = store_.Put(put); !done.ok()) {
+    log_("Dropped key during recovery: " + done.status().ToString());
+  }
+}
+
 Status Persistence::LoadSnapshot(const std::string& name, uint64_t* entries) {
   // Streamed in chunks: a snapshot is about as large as the data, and reading it whole would
   // double the memory a restarting node needs.
@@ -154,15 +167,7 @@ Status Persistence::LoadSnapshot(const std::string& name, uint64_t* entries) {
         return InvalidArgumentError("snapshot " + name + " holds a non-put record");
       }
       ++count;
-      if (r->expire_at_ms != 0 && r->expire_at_ms <= now) {
-        ++recovery_.expired_dropped;
-        continue;
-      }
-      PutRequest put{r->key, r->value, r->content_type, r->expire_at_ms, std::nullopt,
-                     std::nullopt};
-      if (StatusOr<PutResult> done = store_.Put(put); !done.ok()) {
-        log_("Dropped key during recovery: " + done.status().ToString());
-      }
+      ApplyPut(*r, now);
     }
     if (reader.corrupt() && !reader.incomplete()) return corrupt(reader.error());
     if (eof) return corrupt(reader.corrupt() ? reader.error() : "no end record");
@@ -239,19 +244,7 @@ Status Persistence::Recover() {
         last_seq = std::max(last_seq, r->seq);
         ++recovery_.replayed_records;
         switch (r->type) {
-          case RecordType::kPut: {
-            if (r->expire_at_ms != 0 && r->expire_at_ms <= now) {
-              (void)store_.Delete(r->key);
-              ++recovery_.expired_dropped;
-              break;
-            }
-            PutRequest put{r->key, r->value, r->content_type, r->expire_at_ms, std::nullopt,
-                           std::nullopt};
-            if (StatusOr<PutResult> done = store_.Put(put); !done.ok()) {
-              log_("Dropped key during recovery: " + done.status().ToString());
-            }
-            break;
-          }
+          case RecordType::kPut: ApplyPut(*r, now); break;
           case RecordType::kDelete: (void)store_.Delete(r->key); break;
           case RecordType::kFlush: (void)store_.Flush(); break;
           case RecordType::kEnd: break;

@@ -97,6 +97,8 @@ class Persistence {
  private:
   Status CheckFormat();
   Status LoadSnapshot(const std::string& name, uint64_t* entries);
+  // Recovery: puts a snapshot or log record into the store, or drops it if it has expired.
+  void ApplyPut(const struct Record& record, int64_t now_ms);
   Status DropObsoleteFiles();
   void BackgroundLoop();
 

@@ -39,6 +39,20 @@ std::optional<std::string> RawHeader(const Http::Request& req, const char* name)
   return raw->value();
 }
 
+// The Content-Type as the client sent it (Pistache parses it; raw() keeps the text).
+std::optional<std::string> ContentTypeOf(const Http::Request& req) {
+  auto ct = req.headers().tryGet<Http::Header::ContentType>();
+  if (!ct) return std::nullopt;
+  std::string text = ct->mime().raw();
+  return text.empty() ? ct->mime().toString() : text;
+}
+
+std::optional<std::string> AuthorizationOf(const Http::Request& req) {
+  auto auth = req.headers().tryGet<Http::Header::Authorization>();
+  if (!auth) return std::nullopt;
+  return auth->value();
+}
+
 const char* ReasonPhrase(int code) {
   switch (code) {
     case 200: return "OK";
@@ -212,13 +226,8 @@ class RequestHandler : public Http::Handler {
       api_req.limit = query.get("limit");
       api_req.cursor = query.get("cursor");
     }
-    if (auto ct = req.headers().tryGet<Http::Header::ContentType>()) {
-      api_req.content_type = ct->mime().raw();
-      if (api_req.content_type->empty()) api_req.content_type = ct->mime().toString();
-    }
-    if (auto auth = req.headers().tryGet<Http::Header::Authorization>()) {
-      api_req.authorization = auth->value();
-    }
+    api_req.content_type = ContentTypeOf(req);
+    api_req.authorization = AuthorizationOf(req);
     api_req.if_match = RawHeader(req, "If-Match");
     api_req.if_none_match = RawHeader(req, "If-None-Match");
     api_req.hop = req.headers().tryGetRaw(kHopHeader).has_value();
@@ -250,7 +259,7 @@ class RequestHandler : public Http::Handler {
       return;
     }
     if (out.forward_to != nullptr && forwarder_ != nullptr) {
-      Forward(req, std::move(peer), std::move(out), framing, api_req.method, started);
+      Forward(req, api_req, std::move(peer), std::move(out), framing, started);
       return;
     }
     if (out.durable_seq != 0 && persistence_ != nullptr) {
@@ -341,6 +350,15 @@ class RequestHandler : public Http::Handler {
     });
   }
 
+  // The request as it goes to another node: same method, path and query, and credentials.
+  static ForwardRequest ForwardOf(const Http::Request& req, const ApiRequest& api_req) {
+    ForwardRequest request;
+    request.method = std::string(MethodName(api_req.method));
+    request.path_and_query = req.resource() + req.query().as_str();
+    if (api_req.authorization) request.headers.emplace_back("Authorization", *api_req.authorization);
+    return request;
+  }
+
   // Cluster mode, listing and flush: this node's own answer plus every other primary's (sent
   // with the hop header), merged once the last one is in.
   void FanOut(const Http::Request& req, ApiRequest api_req,
@@ -380,14 +398,8 @@ class RequestHandler : public Http::Handler {
       return;
     }
     for (const protocol::Member* target : targets) {
-      ForwardRequest request;
-      request.method = std::string(MethodName(api_req.method));
-      request.path_and_query = req.resource() + req.query().as_str();
-      if (auto auth = req.headers().tryGet<Http::Header::Authorization>()) {
-        request.headers.emplace_back("Authorization", auth->value());
-      }
       const std::string name = target->name;
-      forwarder_->Forward(target->addr, std::move(request),
+      forwarder_->Forward(target->addr, ForwardOf(req, api_req),
                           [finish_one, name](StatusOr<ForwardResponse> got) {
                             ApiResponse one;
                             if (!got.ok()) {
@@ -404,25 +416,17 @@ class RequestHandler : public Http::Handler {
 
   // Cluster mode: one hop to the key's owner; its answer (or 503 + Retry-After if it cannot be
   // reached) goes back to the client with X-KVCache-Owner.
-  void Forward(const Http::Request& req, std::shared_ptr<Pistache::Tcp::Peer> peer,
-               ApiResponse out, Framing framing, HttpMethod method,
+  void Forward(const Http::Request& req, const ApiRequest& api_req,
+               std::shared_ptr<Pistache::Tcp::Peer> peer, ApiResponse out, Framing framing,
                std::chrono::steady_clock::time_point started) {
-    ForwardRequest request;
-    request.method = std::string(MethodName(method));
-    request.path_and_query = req.resource() + req.query().as_str();
+    ForwardRequest request = ForwardOf(req, api_req);
     request.body = req.body();
-    if (auto ct = req.headers().tryGet<Http::Header::ContentType>()) {
-      request.headers.emplace_back("Content-Type", ct->mime().raw().empty()
-                                                       ? ct->mime().toString()
-                                                       : ct->mime().raw());
+    for (auto [name, value] : {std::pair{"Content-Type", &api_req.content_type},
+                               std::pair{"If-Match", &api_req.if_match},
+                               std::pair{"If-None-Match", &api_req.if_none_match}}) {
+      if (*value) request.headers.emplace_back(name, **value);
     }
-    if (auto auth = req.headers().tryGet<Http::Header::Authorization>()) {
-      request.headers.emplace_back("Authorization", auth->value());
-    }
-    for (const char* name : {"If-Match", "If-None-Match"}) {
-      if (auto value = RawHeader(req, name)) request.headers.emplace_back(name, *value);
-    }
-    auto answer = Deferred(peer, framing, method, started);
+    auto answer = Deferred(peer, framing, api_req.method, started);
     std::string owner(out.owner);
     forwarder_->Forward(
         out.forward_to->addr, std::move(request),

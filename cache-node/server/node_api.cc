@@ -39,6 +39,15 @@ ApiResponse Text(int code, std::string body, std::string content_type = "text/pl
   return r;
 }
 
+// True if the Authorization header is "Bearer <token>".
+bool BearerMatches(const std::optional<std::string>& authorization, std::string_view token) {
+  constexpr std::string_view kBearer = "Bearer ";
+  if (!authorization || authorization->size() <= kBearer.size()) return false;
+  std::string_view header(*authorization);
+  return header.substr(0, kBearer.size()) == kBearer &&
+         ConstantTimeEquals(header.substr(kBearer.size()), token);
+}
+
 }  // namespace
 
 std::string_view MethodName(HttpMethod method) {
@@ -120,12 +129,7 @@ ApiResponse NodeApi::Handle(const ApiRequest& req) const {
 }
 
 std::optional<ApiResponse> NodeApi::CheckAuth(const ApiRequest& req) const {
-  if (!options_.auth_token) return std::nullopt;
-  constexpr std::string_view kBearer = "Bearer ";
-  if (req.authorization && req.authorization->size() > kBearer.size() &&
-      std::string_view(*req.authorization).substr(0, kBearer.size()) == kBearer &&
-      ConstantTimeEquals(std::string_view(*req.authorization).substr(kBearer.size()),
-                         *options_.auth_token)) {
+  if (!options_.auth_token || BearerMatches(req.authorization, *options_.auth_token)) {
     return std::nullopt;
   }
   ApiResponse r = Error(401, req.authorization ? "invalid bearer token"
@@ -248,6 +252,15 @@ ApiResponse NodeApi::HandleDelete(const std::string& key) const {
   return r;
 }
 
+std::optional<size_t> NodeApi::ListLimit(const ApiRequest& req) const {
+  if (!req.limit) return options_.default_list_limit;
+  std::optional<int64_t> parsed = ParseNonNegativeInt(*req.limit);
+  if (!parsed || *parsed < 1 || static_cast<size_t>(*parsed) > options_.max_list_limit) {
+    return std::nullopt;
+  }
+  return static_cast<size_t>(*parsed);
+}
+
 ApiResponse NodeApi::HandleList(const ApiRequest& req) const {
   std::string prefix;
   if (req.prefix) {
@@ -258,14 +271,10 @@ ApiResponse NodeApi::HandleList(const ApiRequest& req) const {
     if (!decoded.ok()) return ErrorFrom(decoded.status());
     prefix = std::move(*decoded);
   }
-  size_t limit = options_.default_list_limit;
-  if (req.limit) {
-    std::optional<int64_t> parsed = ParseNonNegativeInt(*req.limit);
-    if (!parsed || *parsed < 1 || static_cast<size_t>(*parsed) > options_.max_list_limit) {
-      return Error(400, "limit must be a whole number from 1 to " +
-                            std::to_string(options_.max_list_limit));
-    }
-    limit = static_cast<size_t>(*parsed);
+  std::optional<size_t> limit = ListLimit(req);
+  if (!limit) {
+    return Error(400, "limit must be a whole number from 1 to " +
+                          std::to_string(options_.max_list_limit));
   }
   std::string after;
   if (req.cursor && !req.cursor->empty()) {
@@ -273,7 +282,7 @@ ApiResponse NodeApi::HandleList(const ApiRequest& req) const {
     if (!decoded) return Error(400, "cursor is not one this server returned");
     after = std::move(*decoded);
   }
-  ListResult listed = store_.List(prefix, after, limit);
+  ListResult listed = store_.List(prefix, after, *limit);
   nlohmann::json body;
   body["keys"] = listed.keys;
   body["count"] = listed.keys.size();
@@ -307,11 +316,7 @@ ApiResponse NodeApi::HandleInternal(const ApiRequest& req) const {
   if (!options_.cluster_token) {
     return Error(403, "the admin API is disabled: start the node with --cluster-token-file");
   }
-  constexpr std::string_view kBearer = "Bearer ";
-  if (!req.authorization || req.authorization->size() <= kBearer.size() ||
-      std::string_view(*req.authorization).substr(0, kBearer.size()) != kBearer ||
-      !ConstantTimeEquals(std::string_view(*req.authorization).substr(kBearer.size()),
-                          *options_.cluster_token)) {
+  if (!BearerMatches(req.authorization, *options_.cluster_token)) {
     ApiResponse r = Error(401, "the admin API needs Authorization: Bearer <cluster token>");
     r.www_authenticate = true;
     return r;
@@ -377,12 +382,8 @@ ApiResponse NodeApi::MergeFanout(const ApiRequest& req, std::vector<ApiResponse>
     }
     return Text(200, nlohmann::json{{"flushed", total}}.dump(), kJson);
   }
-  size_t limit = options_.default_list_limit;
-  if (req.limit) {
-    if (std::optional<int64_t> parsed = ParseNonNegativeInt(*req.limit)) {
-      limit = static_cast<size_t>(*parsed);
-    }
-  }
+  // Reached only when every shard accepted the request, so the limit is valid.
+  const size_t limit = ListLimit(req).value_or(options_.default_list_limit);
   // Every shard answered its first `limit` keys after the same cursor, so the first `limit`
   // of their sorted union are the cluster's.
   std::vector<std::string> keys;

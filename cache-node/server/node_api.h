@@ -121,6 +121,8 @@ class NodeApi {
   std::function<bool()> ready_;
   std::function<std::string()> metrics_text_;
   ApiResponse HandleInternal(const ApiRequest& request) const;
+  // ?limit= of a listing, or the default; nullopt if it is not 1..max_list_limit.
+  std::optional<size_t> ListLimit(const ApiRequest& request) const;
 
   ClusterView* cluster_ = nullptr;
   std::function<Status(const protocol::Topology&)> save_topology_;
