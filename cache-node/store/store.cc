@@ -219,11 +219,19 @@ Store::Shard& Store::ShardFor(uint64_t hash) const {
   return shards_[(hash >> 48) & shard_mask_];
 }
 
+uint32_t Store::LruSeconds(int64_t now_ms) const {
+  return static_cast<uint32_t>((now_ms - epoch_ms_) / 1000);
+}
+
+uint32_t Store::LfuMinutes(int64_t now_ms) const {
+  return static_cast<uint32_t>((now_ms - epoch_ms_) / 60000) & 0xFFFFFF;  // 24 bits, wrapping
+}
+
 void Store::Touch(Entry* e, int64_t now_ms) const {
   uint32_t old = e->access.load(std::memory_order_relaxed);
   uint32_t updated;
   if (options_.eviction == EvictionPolicy::kLfu) {
-    uint32_t minutes = static_cast<uint32_t>((now_ms - epoch_ms_) / 60000) & 0xFFFFFF;
+    uint32_t minutes = LfuMinutes(now_ms);
     uint32_t counter = EvictionScore(e, now_ms);
     if (counter < 255) {
       uint32_t base = counter > kLfuInitial ? counter - kLfuInitial : 0;
@@ -232,7 +240,7 @@ void Store::Touch(Entry* e, int64_t now_ms) const {
     }
     updated = (minutes << 8) | counter;
   } else {
-    updated = static_cast<uint32_t>((now_ms - epoch_ms_) / 1000);
+    updated = LruSeconds(now_ms);
   }
   // Skip the store when nothing changed: hot keys then do not bounce a cache line per read.
   if (updated != old) e->access.store(updated, std::memory_order_relaxed);
@@ -241,7 +249,7 @@ void Store::Touch(Entry* e, int64_t now_ms) const {
 uint32_t Store::EvictionScore(const Entry* e, int64_t now_ms) const {
   uint32_t access = e->access.load(std::memory_order_relaxed);
   if (options_.eviction != EvictionPolicy::kLfu) return access;
-  uint32_t now_minutes = static_cast<uint32_t>((now_ms - epoch_ms_) / 60000) & 0xFFFFFF;
+  uint32_t now_minutes = LfuMinutes(now_ms);
   uint32_t idle_minutes = (now_minutes - (access >> 8)) & 0xFFFFFF;
   uint32_t counter = access & 0xFF;
   return counter > idle_minutes ? counter - idle_minutes : 0;
@@ -327,9 +335,8 @@ StatusOr<PutResult> Store::Put(const PutRequest& req) {
   const uint64_t hash = XXH3_64bits(req.key.data(), req.key.size());
   const int64_t now = clock_.NowMs();
   uint32_t initial_access = options_.eviction == EvictionPolicy::kLfu
-                                ? ((static_cast<uint32_t>((now - epoch_ms_) / 60000) & 0xFFFFFF)
-                                   << 8) | kLfuInitial
-                                : static_cast<uint32_t>((now - epoch_ms_) / 1000);
+                                ? (LfuMinutes(now) << 8) | kLfuInitial
+                                : LruSeconds(now);
   // Build the entry before taking the lock: the copy is the expensive part.
   Entry* fresh = Entry::Create(hash, req, initial_access);
   const int64_t charge = fresh->Charge();

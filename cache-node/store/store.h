@@ -149,6 +149,9 @@ class Store {
   Status MakeRoom(int64_t needed);
   bool EvictOne();
   bool ReserveStrict(int64_t delta);
+  // Access stamps: LRU seconds, LFU minutes (24 bits) since the store's epoch.
+  uint32_t LruSeconds(int64_t now_ms) const;
+  uint32_t LfuMinutes(int64_t now_ms) const;
   void Touch(Entry* e, int64_t now_ms) const;
   uint32_t EvictionScore(const Entry* e, int64_t now_ms) const;
   // REQUIRES: the shard's lock is held exclusively. Unlinks the entry at `slot` and returns it.

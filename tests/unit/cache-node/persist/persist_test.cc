@@ -37,6 +37,15 @@ std::vector<std::string> Files(const std::string& dir) {
   return names;
 }
 
+// Full paths of the files in `dir` whose names end with `suffix`, sorted.
+std::vector<std::string> PathsEndingWith(const std::string& dir, std::string_view suffix) {
+  std::vector<std::string> paths;
+  for (const auto& f : Files(dir)) {
+    if (f.ends_with(suffix)) paths.push_back(dir + "/" + f);
+  }
+  return paths;
+}
+
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -354,9 +363,7 @@ TEST_F(PersistenceTest, TornTailIsTruncatedCountedAndLaterWritesWork) {
     Write(*node, "a", "1");
     Write(*node, "b", "2");
   }
-  for (const auto& f : Files(dir_.path())) {
-    if (f.ends_with(".seg")) segment = dir_.path() + "/" + f;
-  }
+  segment = PathsEndingWith(dir_.path(), ".seg").back();
   std::string data = ReadAll(segment);
   WriteAll(segment, data.substr(0, data.size() - 3));  // a crash mid-record
   {
@@ -383,10 +390,7 @@ TEST_F(PersistenceTest, FlippedByteStopsReplayAndSetsLaterSegmentsAside) {
     Write(*node, "b", "2");
     ASSERT_TRUE(node->persistence.Shutdown().ok());
   }
-  std::vector<std::string> segments;
-  for (const auto& f : Files(dir_.path())) {
-    if (f.ends_with(".seg")) segments.push_back(dir_.path() + "/" + f);
-  }
+  std::vector<std::string> segments = PathsEndingWith(dir_.path(), ".seg");
   ASSERT_GE(segments.size(), 2u);
   std::string data = ReadAll(segments[0]);
   data[data.size() - 2] ^= 1;  // inside "a"'s record
@@ -409,10 +413,7 @@ TEST_F(PersistenceTest, CorruptSnapshotFallsBackToThePreviousOne) {
     ASSERT_TRUE(node->persistence.Snapshot().ok());
     ASSERT_TRUE(node->persistence.Shutdown().ok());
   }
-  std::vector<std::string> snaps;
-  for (const auto& f : Files(dir_.path())) {
-    if (f.ends_with(".snap")) snaps.push_back(dir_.path() + "/" + f);
-  }
+  std::vector<std::string> snaps = PathsEndingWith(dir_.path(), ".snap");
   ASSERT_EQ(snaps.size(), 2u);
   std::string newest = ReadAll(snaps[1]);
   WriteAll(snaps[1], newest.substr(0, newest.size() / 2));  // half-written
@@ -440,10 +441,8 @@ TEST_F(PersistenceTest, LargeSnapshotIsStreamedAcrossChunks) {
     EXPECT_TRUE(node->store.Get("key-99999").ok());
   }
   // Cut just after the first chunk: detected as truncated, not loaded half.
-  for (const auto& f : Files(dir_.path())) {
-    if (!f.ends_with(".snap")) continue;
-    std::string data = ReadAll(dir_.path() + "/" + f);
-    WriteAll(dir_.path() + "/" + f, data.substr(0, (8 << 20) + 5));
+  for (const std::string& path : PathsEndingWith(dir_.path(), ".snap")) {
+    WriteAll(path, ReadAll(path).substr(0, (8 << 20) + 5));
   }
   auto node = Open();
   EXPECT_EQ(node->persistence.Stats().recovery.skipped_snapshots, 1u);
