@@ -1,5 +1,6 @@
 """Black-box tests of kvcache-node's HTTP API (DESIGN.md §3) against the real binary."""
 
+import json
 import socket
 import threading
 import time
@@ -86,6 +87,7 @@ def test_head_etag_and_content_type(node, http):
     assert got.headers["ETag"] == etag
     head = http.head(url)
     assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == str(len(b'{"a": 1}'))  # what GET would send
     assert head.headers["ETag"] == etag
     assert http.get(url, headers={"If-None-Match": etag}).status_code == 304
     # No Content-Type given: served as text/plain.
@@ -406,6 +408,17 @@ def test_port_in_use_is_a_clear_error(node, tmp_path):
                             capture_output=True, text=True, timeout=10)
     assert result.returncode != 0
     assert "Failed to start HTTP server" in result.stdout + result.stderr
+
+
+def test_json_logs_are_one_object_per_line(node_factory):
+    n = node_factory("--log-format", "json")
+    assert n.stop() == 0
+    lines = [line for line in n.log().splitlines() if line.strip()]
+    assert len(lines) >= 3
+    for line in lines:
+        record = json.loads(line)
+        assert {"ts", "level", "msg"} <= record.keys()
+    assert any(json.loads(line)["msg"].startswith("Received SIGTERM") for line in lines)
 
 
 def test_bad_flags_are_refused_with_a_message(tmp_path):
