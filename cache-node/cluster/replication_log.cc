@@ -84,6 +84,8 @@ StatusOr<uint64_t> ReplicationLog::Append(ReplRecord::Type type, std::string_vie
     record.content_type.assign(content_type);
     backlog_.Append(std::move(record));
     more_.notify_all();
+  } else {
+    backlog_.Reset(offset);  // empty: a reader behind this offset needs a full sync
   }
   return offset;
 }
