@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include <cpprest/http_client.h>
+#include <nlohmann/json.hpp>
 
 namespace kvcache::node {
 namespace {
@@ -611,7 +612,7 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
   }
   if (!st.ok()) {
     // Nothing after the failed record is applied; the primary resends from applied_ later.
-    return {500, "{\"error\": \"cannot apply: " + st.message() + "\", \"code\": 500}"};
+    return {500, nlohmann::json{{"error", "cannot apply: " + st.message()}, {"code", 500}}.dump()};
   }
   reply.applied_offset = applied_;
   return {200, EncodeBatchReply(reply)};
