@@ -254,8 +254,14 @@ Status Replication::CheckWritable() const {
 }
 
 void Replication::WaitAcked(uint64_t offset, std::function<void(const kvcache::Status&)> done) {
-  if (options_.mode == ReplicationMode::kAsync || options_.min_acks <= 0) {
+  // A node outside any topology (standalone) has no one to wait for.
+  if (options_.mode == ReplicationMode::kAsync || options_.min_acks <= 0 ||
+      role() == protocol::Role::kNone) {
     done(Status::Ok());
+    return;
+  }
+  if (role() != protocol::Role::kPrimary) {
+    done(UnavailableError("this node stopped being primary; the write was not acknowledged"));
     return;
   }
   {

@@ -90,7 +90,7 @@ class Replication {
   kvcache::Status CheckWritable() const;
 
   // Calls `done` once the write with `offset` is acknowledged as the mode requires: at once in
-  // async mode; in sync mode when min_acks replicas applied it (OK), or Unavailable on timeout
+  // async mode or outside any topology; in sync mode when min_acks replicas applied it (OK), or Unavailable on timeout
   // or when this node stops being primary (the client must not count on the write).
   void WaitAcked(uint64_t offset, std::function<void(const Status&)> done);
 
