@@ -174,7 +174,11 @@ void Replication::DemoteLocked(uint64_t epoch, protocol::Role to, const std::str
   }
   logger_("Demoted role=" + std::string(protocol::RoleName(to)) +
           " epoch=" + std::to_string(epoch) + " reason=" + why);
-  FailWaiters(UnavailableError("this node stopped being primary; the write was not acknowledged"));
+  // The writes waiting for acks fail, from the control thread within 10 ms: callbacks write to
+  // client sockets and must not run under this node's locks.
+  std::lock_guard w(waiters_mu_);
+  for (auto& [offset, waiter] : waiters_) demoted_waiters_.push_back(std::move(waiter.done));
+  waiters_.clear();
 }
 
 void Replication::ReconcileSendersLocked() {
@@ -296,11 +300,14 @@ void Replication::OnAck() {
 
 void Replication::FailWaiters(const kvcache::Status& why) {
   std::multimap<uint64_t, Waiter> failed;
+  std::vector<std::function<void(const kvcache::Status&)>> demoted;
   {
     std::lock_guard lock(waiters_mu_);
     failed.swap(waiters_);
+    demoted.swap(demoted_waiters_);
   }
   for (auto& [offset, w] : failed) w.done(why);
+  for (auto& done : demoted) done(why);
 }
 
 void Replication::ControlLoop() {
@@ -323,6 +330,14 @@ void Replication::ControlLoop() {
           ++it;
         }
       }
+    }
+    std::vector<std::function<void(const kvcache::Status&)>> demoted;
+    {
+      std::lock_guard w(waiters_mu_);
+      demoted.swap(demoted_waiters_);
+    }
+    for (auto& done : demoted) {
+      done(UnavailableError("this node stopped being primary; the write was not acknowledged"));
     }
     for (auto& done : expired) {
       done(UnavailableError("the write was not acknowledged by " +

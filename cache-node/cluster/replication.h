@@ -175,6 +175,7 @@ class Replication {
 
   std::mutex waiters_mu_;
   std::multimap<uint64_t, Waiter> waiters_;
+  std::vector<std::function<void(const kvcache::Status&)>> demoted_waiters_;  // to fail
   uint64_t quorum_offset_ = 0;
 
   std::mutex control_mu_;
