@@ -51,7 +51,9 @@ OPTIONAL = {
         "kvcache_operator_reconcile_duration_seconds_bucket", "kvcache_operator_workqueue_depth",
         "kvcache_operator_leader", "kvcache_operator_failovers_total",
         "kvcache_operator_migrations_total", "kvcache_operator_kvcache_ready_nodes",
-        "kvcache_operator_kvcache_desired_nodes", "kvcache_operator_kvcache_available")},
+        "kvcache_operator_kvcache_desired_nodes", "kvcache_operator_kvcache_available",
+        "kvcache_operator_kube_requests_total", "kvcache_operator_kube_request_duration_seconds_bucket",
+        "kvcache_operator_kube_watch_restarts_total", "kvcache_operator_kube_request_retries_total")},
     "kvcache_node_replication_lag_records": "replicas only; this cluster has none",
 }
 PENDING = {
