@@ -385,6 +385,16 @@ def test_documented_relabeling_is_the_tested_one():
     assert documented["relabel_configs"] == tested["relabel_configs"]
 
 
+def test_every_alert_has_a_runbook():
+    doc = METRICS_DOC.read_text()
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    for rule in (r for g in groups for r in g["rules"]):
+        name = rule["alert"]
+        assert f"\n### {name}\n" in doc, f"no runbook section for {name} in docs/metrics.md"
+        assert f"| {name} | {rule['labels']['severity']} |" in doc, f"{name} not in the alert table"
+        assert rule["annotations"]["runbook_url"].endswith("#" + name.lower())
+
+
 def test_killed_node_makes_node_down_pending(stack):
     """Runs last in this module: it kills a node."""
     prom, victim = stack["prom"], stack["pods"][2]
@@ -414,3 +424,4 @@ def test_killed_node_makes_node_down_pending(stack):
     ratio = next(p.values[0] for p in dashboard_queries() if p.id.endswith("/5xx ratio/A"))
     wait_for(lambda: (r := prom.query(substitute(ratio))) and float(r[0]["value"][1]) > 0, 30,
              what="5xx ratio above 0")
+
