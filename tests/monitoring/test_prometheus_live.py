@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -172,9 +173,9 @@ def generate_load(addrs):
             assert s.put(f"http://{addrs[i % 3]}/v1/ttl-{i}?ttl=1", data="t").status_code == 201
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("monitoring")
+def start_cluster(tmp):
+    """SHARDS nodes in cluster mode on their own loopback addresses, one port (the topology
+    names every address up front, as test_cluster.py does)."""
     net, port = random.randrange(1, 250), random.randrange(20000, 60000)
     addrs = [f"127.78.{net}.{i + 1}:{port}" for i in range(SHARDS)]
     pods = [f"{CLUSTER}-{i}-0" for i in range(SHARDS)]
@@ -186,102 +187,125 @@ def stack(tmp_path_factory):
                    for i in range(SHARDS)],
     }
     (tmp / "topology.json").write_text(json.dumps(topology))
-    nodes, prom_proc = [], None
-    try:
-        for i in range(SHARDS):
-            nodes.append(start_node(tmp, ("--node-name", pods[i], "--topology-file",
-                                          str(tmp / "topology.json"), "--max-memory", "64Mi",
-                                          "--fsync", "always", "--snapshot-interval-seconds", "1"),
-                                    name=pods[i], listen=addrs[i]))
+    nodes = []
+    for i in range(SHARDS):
+        nodes.append(start_node(tmp, ("--node-name", pods[i], "--topology-file",
+                                      str(tmp / "topology.json"), "--max-memory", "64Mi",
+                                      "--fsync", "always", "--snapshot-interval-seconds", "1"),
+                                name=pods[i], listen=addrs[i]))
+    return nodes, addrs, pods
 
-        # Targets as kubernetes_sd (role: pod) would list them, plus a pod that does not ask
-        # to be scraped and must be dropped by the relabeling.
-        def pod_target(addr, pod, shard, scrape="true"):
-            return {"targets": [addr.rsplit(":", 1)[0]], "labels": {
-                "__meta_kubernetes_namespace": NAMESPACE,
-                "__meta_kubernetes_pod_name": pod,
-                "__meta_kubernetes_pod_label_app_kubernetes_io_name": "kvcache",
-                "__meta_kubernetes_pod_label_app_kubernetes_io_instance": CLUSTER,
-                "__meta_kubernetes_pod_label_app_kubernetes_io_component": "cache-node",
-                "__meta_kubernetes_pod_label_kvcache_io_shard": str(shard),
-                "__meta_kubernetes_pod_annotation_prometheus_io_scrape": scrape,
-                "__meta_kubernetes_pod_annotation_prometheus_io_port": addr.rsplit(":", 1)[1],
-                "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
-            }}
-        targets = [pod_target(a, p, i) for i, (a, p) in enumerate(zip(addrs, pods))]
-        targets.append(pod_target(f"127.78.{net}.200:{port}", "not-scraped-0", 0, scrape="false"))
-        (tmp / "targets.json").write_text(json.dumps(targets))
 
-        config = yaml.safe_load((HERE / "prometheus.yml").read_text())
-        config["rule_files"] = [str(RULES)]
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-        log = open(tmp / "prometheus.log", "wb")
-        prom_proc = subprocess.Popen(
+def pod_target(addr, pod, shard, scrape="true"):
+    """A file_sd target group carrying the __meta_kubernetes_* labels that kubernetes_sd
+    (role: pod) gives a KVCache node pod annotated for scraping."""
+    host, port = addr.rsplit(":", 1)
+    return {"targets": [host], "labels": {
+        "__meta_kubernetes_namespace": NAMESPACE,
+        "__meta_kubernetes_pod_name": pod,
+        "__meta_kubernetes_pod_label_app_kubernetes_io_name": "kvcache",
+        "__meta_kubernetes_pod_label_app_kubernetes_io_instance": CLUSTER,
+        "__meta_kubernetes_pod_label_app_kubernetes_io_component": "cache-node",
+        "__meta_kubernetes_pod_label_kvcache_io_shard": str(shard),
+        "__meta_kubernetes_pod_annotation_prometheus_io_scrape": scrape,
+        "__meta_kubernetes_pod_annotation_prometheus_io_port": port,
+        "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
+    }}
+
+
+def start_prometheus(tmp):
+    """Prometheus on 127.0.0.1 port 0 with tests/monitoring/prometheus.yml and the rules.
+    Returns (process, Prometheus) once it is ready."""
+    config = yaml.safe_load((HERE / "prometheus.yml").read_text())
+    config["rule_files"] = [str(RULES)]
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with open(tmp / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
             [PROMETHEUS_BIN, f"--config.file={tmp / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp / 'tsdb'}", "--web.listen-address=127.0.0.1:0",
              "--storage.tsdb.retention.time=1h"],
             stdout=log, stderr=subprocess.STDOUT)
 
-        def prom_port():
-            assert prom_proc.poll() is None, (tmp / "prometheus.log").read_text()
-            return listening_port(prom_proc.pid)
-        prom = Prometheus(f"http://127.0.0.1:{wait_for(prom_port, 30, what='Prometheus to listen')}")
+    def port():
+        assert proc.poll() is None, (tmp / "prometheus.log").read_text()
+        return listening_port(proc.pid)
+    prom = Prometheus(f"http://127.0.0.1:{wait_for(port, 30, what='Prometheus to listen')}")
 
-        def prom_ready():
-            try:
-                return requests.get(prom.url + "/-/ready", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-        wait_for(prom_ready, 60, what="Prometheus to be ready")
+    def ready():
+        try:
+            return requests.get(prom.url + "/-/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+    wait_for(ready, 60, what="Prometheus to be ready")
+    return proc, prom
+
+
+def await_scrapes_after_load(prom, addrs, pods):
+    """Series born during the load need two samples for rate(): waits until Prometheus has
+    scraped every node twice since. (Each scrape is itself a counted request, so a higher
+    request count in Prometheus means a newer scrape.) Then for a snapshot on every node and a
+    rule evaluation after all that."""
+    def scraped_counts():
+        return {r["metric"]["pod"]: float(r["value"][1]) for r in
+                prom.query("sum by (pod) (kvcache_node_http_requests_total)")}
+    after_load = {}
+    for addr, pod in zip(addrs, pods):
+        text = requests.get(f"http://{addr}/metrics", timeout=5).text
+        after_load[pod] = sum(float(line.split()[-1]) for line in text.splitlines()
+                              if line.startswith("kvcache_node_http_requests_total{"))
+    wait_for(lambda: all(scraped_counts().get(p, 0) >= n for p, n in after_load.items()),
+             30, what="Prometheus to scrape the load")
+    first = scraped_counts()
+    wait_for(lambda: all(scraped_counts().get(p, 0) > n for p, n in first.items()),
+             30, what="a second scrape after the load")
+    wait_for(lambda: len(prom.query("kvcache_node_snapshot_timestamp_seconds > 0")) == SHARDS,
+             30, what="a snapshot on every node")
+    after = time.time()
+
+    def rules_evaluated():
+        groups = prom.get("/api/v1/rules")["groups"]
+        return groups and all(
+            g["lastEvaluation"] and _rfc3339(g["lastEvaluation"]) > after for g in groups)
+    wait_for(rules_evaluated, 30, what="rules evaluated after the load")
+
+
+def stop(proc, timeout):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("monitoring")
+    nodes, prom_proc = [], None
+    try:
+        nodes, addrs, pods = start_cluster(tmp)
+        targets = [pod_target(a, p, i) for i, (a, p) in enumerate(zip(addrs, pods))]
+        # A pod that does not ask to be scraped: the relabeling must drop it.
+        host = addrs[0].rsplit(".", 1)[0]
+        targets.append(pod_target(f"{host}.200:1", "not-scraped-0", 0, scrape="false"))
+        (tmp / "targets.json").write_text(json.dumps(targets))
+        prom_proc, prom = start_prometheus(tmp)
         wait_for(lambda: len(prom.query("up == 1")) == SHARDS, 30, what="every node scraped")
-
         generate_load(addrs)
-        # Series born during the load need two samples for rate(): wait until Prometheus has
-        # scraped every node twice since. (Each scrape is itself a counted request, so a higher
-        # request count in Prometheus means a newer scrape.)
-        def scraped_counts():
-            return {r["metric"]["pod"]: float(r["value"][1]) for r in
-                    prom.query("sum by (pod) (kvcache_node_http_requests_total)")}
-        after_load = {}
-        for addr, pod in zip(addrs, pods):
-            text = requests.get(f"http://{addr}/metrics", timeout=5).text
-            after_load[pod] = sum(float(l.split()[-1]) for l in text.splitlines()
-                                  if l.startswith("kvcache_node_http_requests_total{"))
-        wait_for(lambda: all(scraped_counts().get(p, 0) >= n for p, n in after_load.items()),
-                 30, what="Prometheus to scrape the load")
-        first = scraped_counts()
-        wait_for(lambda: all(scraped_counts().get(p, 0) > n for p, n in first.items()),
-                 30, what="a second scrape after the load")
-        wait_for(lambda: len(prom.query("kvcache_node_snapshot_timestamp_seconds > 0")) == SHARDS,
-                 30, what="a snapshot on every node")
-        after = time.time()
-
-        def rules_evaluated():
-            groups = prom.get("/api/v1/rules")["groups"]
-            return groups and all(
-                g["lastEvaluation"] and _rfc3339(g["lastEvaluation"]) > after for g in groups)
-        wait_for(rules_evaluated, 30, what="rules evaluated after the load")
-
+        await_scrapes_after_load(prom, addrs, pods)
         exposition = requests.get(f"http://{addrs[0]}/metrics", timeout=5).text
         yield {"prom": prom, "nodes": nodes, "addrs": addrs, "pods": pods,
                "exposition": exposition}
     finally:
-        if prom_proc is not None and prom_proc.poll() is None:
-            prom_proc.send_signal(signal.SIGTERM)
-            try:
-                prom_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                prom_proc.kill()
-                prom_proc.wait()
+        if prom_proc is not None:
+            stop(prom_proc, 30)
         for n in nodes:
-            if n.proc.poll() is None:
-                n.proc.send_signal(signal.SIGTERM)
-                n.proc.wait(10)
+            stop(n.proc, 10)
 
 
 def _rfc3339(stamp):
     """Seconds since the epoch of Prometheus's RFC 3339 stamps (nanoseconds, 'Z')."""
-    from datetime import datetime
     m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", stamp)
     base = datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
     return base.timestamp() + float(m.group(2) or 0)
