@@ -10,6 +10,9 @@ evaluates charts/kvcache-operator/rules/kvcache.rules.yaml. Then:
   match-anything regexes, and every alert expression, is accepted by /api/v1/query;
 - each returns data unless it needs a series this setup cannot have (OPTIONAL below, each with
   its reason); any other metric name is a typo and fails;
+- the operator is not run (it needs a Kubernetes API): a stand-in serves series of exactly the
+  names, types and labels docs/metrics.md documents for it, scraped by the documented operator
+  job (honor_labels), so the operator dashboard and alerts are checked against that contract;
 - the rules evaluate without errors, the node alerts stay silent while all is well, and
   KVCacheNodeDown goes pending for a node that is killed;
 - every metric the node exports, and every one a dashboard or alert uses, is in docs/metrics.md.
@@ -40,23 +43,15 @@ RULES = ROOT / "charts" / "kvcache-operator" / "rules" / "kvcache.rules.yaml"
 DASHBOARDS = ROOT / "charts" / "kvcache-operator" / "dashboards"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 NAMESPACE, CLUSTER, SHARDS = "monitoring-test", "demo", 3
+OPERATOR_NAMESPACE, OPERATOR_POD = "kvcache-system", "kvcache-operator-5d8f-x2x7q"
 
 # Series this setup cannot have, with the reason. Anything else a dashboard or alert names must
-# be exported by the node binary under test and must return data.
-OPERATOR_REASON = "the operator is not run here"
-# Named by the replication/migration/forwarding work; checked for data once the binary exports them.
-PENDING_REASON = "not exported by this build yet"
+# be exported by the node binary under test (or the operator stand-in) and must return data.
 OPTIONAL = {
-    **{name: OPERATOR_REASON for name in (
-        "kvcache_operator_reconcile_total", "kvcache_operator_reconcile_errors_total",
-        "kvcache_operator_reconcile_duration_seconds_bucket", "kvcache_operator_workqueue_depth",
-        "kvcache_operator_leader", "kvcache_operator_failovers_total",
-        "kvcache_operator_migrations_total", "kvcache_operator_kvcache_ready_nodes",
-        "kvcache_operator_kvcache_desired_nodes", "kvcache_operator_kvcache_available",
-        "kvcache_operator_kube_requests_total", "kvcache_operator_kube_request_duration_seconds_bucket",
-        "kvcache_operator_kube_watch_restarts_total", "kvcache_operator_kube_request_retries_total")},
     "kvcache_node_replication_lag_records": "replicas only; this cluster has none",
 }
+# Named by the replication/migration/forwarding work; checked for data once the binary exports them.
+PENDING_REASON = "not exported by this build yet"
 PENDING = {
     "kvcache_node_role", "kvcache_node_shard", "kvcache_node_topology_epoch",
     "kvcache_node_replication_offset", "kvcache_node_replication_lag_records",
@@ -66,7 +61,8 @@ PENDING = {
 }
 # Alerts that only look at series every node exports: they must stay silent on a healthy cluster.
 SILENT_WHEN_HEALTHY = ["KVCacheNodeDown", "KVCacheMemoryNearLimit", "KVCacheEvictionStorm",
-                       "KVCachePersistenceErrors"]
+                       "KVCachePersistenceErrors", "KVCacheOperatorReconcileErrors",
+                       "KVCacheOperatorNotLeading"]
 
 METRIC_NAME = re.compile(r"\b(kvcache_(?:node|operator)_[a-z0-9_]+|up)\b")
 GRAFANA_BUILTINS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
@@ -116,6 +112,90 @@ def label_values_to_promql(definition):
 
 
 # ---- the running system -----------------------------------------------------------------
+
+# Example values for the documented operator labels that list no values of their own.
+STAND_IN_LABEL_VALUES = {"namespace": NAMESPACE, "name": CLUSTER, "verb": "GET", "code": "200",
+                         "resource": "kvcaches", "reason": "gone"}
+
+
+def documented_operator_metrics():
+    """[(name, type, {label: [values]}, meaning)] from the operator table of docs/metrics.md."""
+    doc = METRICS_DOC.read_text()
+    section = doc.split("## Operator metrics", 1)[1].split("\n## ", 1)[0]
+    out = []
+    for m in re.finditer(r"^\| `(kvcache_operator_\w+)` \| (\w+) \|([^|]*)\|([^|]*)\|",
+                         section, re.M):
+        labels = {}
+        for part in re.finditer(r"`(\w+)`(?: = ((?:`\w+`(?:, )?)+))?", m.group(3)):
+            values = re.findall(r"`(\w+)`", part.group(2) or "")
+            labels[part.group(1)] = values or [STAND_IN_LABEL_VALUES[part.group(1)]]
+        out.append((m.group(1), m.group(2), labels, m.group(4).strip()))
+    return out
+
+
+class OperatorStandIn:
+    """Serves /metrics with series of exactly the operator metrics docs/metrics.md documents
+    (names, types, label names), for the operator dashboard's queries and the operator scrape
+    job until a real operator runs in this test (the localk8s variant). It proves nothing about
+    the operator itself. Counters grow at each scrape (errors a tenth as fast as the rest, so
+    the operator alerts stay silent); gauges are 1: one leader, every KVCache available."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import itertools
+        import threading
+        scrapes = itertools.count(1)
+        metrics = documented_operator_metrics()
+        assert metrics, "no operator metrics table in docs/metrics.md"
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = OperatorStandIn.render(metrics, next(scrapes)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def render(metrics, n):
+        lines = []
+        for name, kind, labels, meaning in metrics:
+            lines.append(f"# HELP {name} {meaning}")
+            lines.append(f"# TYPE {name} {kind}")
+            combos = [{}]
+            for label, values in labels.items():
+                combos = [dict(c, **{label: v}) for c in combos for v in values]
+            step = n if "error" in name else 10 * n
+            for combo in combos:
+                def series(suffix, value, extra=None):
+                    pairs = {**combo, **(extra or {})}
+                    inner = ",".join(f'{k}="{v}"' for k, v in pairs.items())
+                    lines.append(f"{name}{suffix}{{{inner}}} {value}" if inner
+                                 else f"{name}{suffix} {value}")
+                if kind == "histogram":
+                    series("_bucket", step // 2, {"le": "0.1"})
+                    series("_bucket", step, {"le": "+Inf"})
+                    series("_sum", step * 0.05)
+                    series("_count", step)
+                elif kind == "counter":
+                    series("", step)
+                else:
+                    series("", 1)
+        return "\n".join(lines) + "\n"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
 
 def listening_port(pid):
     """The TCP port process `pid` listens on (Prometheus was told port 0)."""
@@ -213,6 +293,19 @@ def pod_target(addr, pod, shard, scrape="true"):
     }}
 
 
+def operator_pod_target(port):
+    """The same for the operator's pod (the chart's labels and scrape annotations)."""
+    return {"targets": ["127.0.0.1"], "labels": {
+        "__meta_kubernetes_namespace": OPERATOR_NAMESPACE,
+        "__meta_kubernetes_pod_name": OPERATOR_POD,
+        "__meta_kubernetes_pod_label_app_kubernetes_io_name": "kvcache-operator",
+        "__meta_kubernetes_pod_label_app_kubernetes_io_component": "operator",
+        "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+        "__meta_kubernetes_pod_annotation_prometheus_io_port": str(port),
+        "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
+    }}
+
+
 def start_prometheus(tmp):
     """Prometheus on 127.0.0.1 port 0 with tests/monitoring/prometheus.yml and the rules.
     Returns (process, Prometheus) once it is ready."""
@@ -282,24 +375,30 @@ def stop(proc, timeout):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("monitoring")
-    nodes, prom_proc = [], None
+    nodes, prom_proc, operator = [], None, None
     try:
         nodes, addrs, pods = start_cluster(tmp)
+        operator = OperatorStandIn()
         targets = [pod_target(a, p, i) for i, (a, p) in enumerate(zip(addrs, pods))]
         # A pod that does not ask to be scraped: the relabeling must drop it.
         host = addrs[0].rsplit(".", 1)[0]
         targets.append(pod_target(f"{host}.200:1", "not-scraped-0", 0, scrape="false"))
         (tmp / "targets.json").write_text(json.dumps(targets))
+        (tmp / "operator-targets.json").write_text(json.dumps([operator_pod_target(operator.port)]))
         prom_proc, prom = start_prometheus(tmp)
-        wait_for(lambda: len(prom.query("up == 1")) == SHARDS, 30, what="every node scraped")
+        wait_for(lambda: len(prom.query("up == 1")) == SHARDS + 1, 30, what="every target scraped")
         generate_load(addrs)
         await_scrapes_after_load(prom, addrs, pods)
-        exposition = requests.get(f"http://{addrs[0]}/metrics", timeout=5).text
+        node_text = requests.get(f"http://{addrs[0]}/metrics", timeout=5).text
+        operator_text = requests.get(f"http://127.0.0.1:{operator.port}/metrics", timeout=5).text
         yield {"prom": prom, "nodes": nodes, "addrs": addrs, "pods": pods,
-               "exposition": exposition}
+               "exposition": node_text, "known": exported_families(node_text)[1]
+               | exported_families(operator_text)[1]}
     finally:
         if prom_proc is not None:
             stop(prom_proc, 30)
+        if operator is not None:
+            operator.stop()
         for n in nodes:
             stop(n.proc, 10)
 
@@ -311,9 +410,9 @@ def _rfc3339(stamp):
     return base.timestamp() + float(m.group(2) or 0)
 
 
-def check_names(expr, exposition):
-    """Returns the reasons this expression may lack data ([] = it must have data)."""
-    _, series = exported_families(exposition)
+def check_names(expr, series):
+    """Returns the reasons this expression may lack data ([] = it must have data), given the
+    series names the node and the operator stand-in export."""
     reasons = []
     for name in set(METRIC_NAME.findall(expr)):
         if name == "up" or (name in series and name not in OPTIONAL):
@@ -323,7 +422,8 @@ def check_names(expr, exposition):
         elif name in PENDING and name not in series:
             reasons.append(f"{name} ({PENDING_REASON})")
         else:
-            pytest.fail(f"{name} is neither exported by kvcache-node nor a known optional series")
+            pytest.fail(f"{name} is neither exported by kvcache-node, nor documented for the "
+                        f"operator, nor a known optional series")
     return reasons
 
 
@@ -331,7 +431,8 @@ def check_names(expr, exposition):
 
 def test_relabeling_gives_the_documented_labels(stack):
     targets = stack["prom"].get("/api/v1/targets")
-    active = sorted(targets["activeTargets"], key=lambda t: t["labels"]["pod"])
+    active = sorted((t for t in targets["activeTargets"] if t["labels"]["job"] == "kvcache-nodes"),
+                    key=lambda t: t["labels"]["pod"])
     assert [t["health"] for t in active] == ["up"] * SHARDS
     for i, t in enumerate(active):
         assert t["labels"] == {"job": "kvcache-nodes", "namespace": NAMESPACE,
@@ -341,6 +442,21 @@ def test_relabeling_gives_the_documented_labels(stack):
     dropped = [t["discoveredLabels"]["__meta_kubernetes_pod_name"]
                for t in targets["droppedTargets"]]
     assert dropped == ["not-scraped-0"]
+    [operator] = [t for t in targets["activeTargets"] if t["labels"]["job"] == "kvcache-operator"]
+    assert operator["health"] == "up"
+    assert operator["labels"] == {"job": "kvcache-operator", "namespace": OPERATOR_NAMESPACE,
+                                  "pod": OPERATOR_POD, "instance": OPERATOR_POD}
+
+
+def test_operator_series_keep_their_kvcache_namespace(stack):
+    # honor_labels: the per-KVCache series keep the KVCache's namespace; the others get the
+    # operator pod's.
+    prom = stack["prom"]
+    [ready] = prom.query("kvcache_operator_kvcache_ready_nodes")
+    assert (ready["metric"]["namespace"], ready["metric"]["name"]) == (NAMESPACE, CLUSTER)
+    assert "exported_namespace" not in ready["metric"]
+    [leader] = prom.query("kvcache_operator_leader")
+    assert leader["metric"]["namespace"] == OPERATOR_NAMESPACE
 
 
 def test_every_exported_metric_is_in_prometheus(stack):
@@ -353,7 +469,7 @@ def test_every_exported_metric_is_in_prometheus(stack):
 @pytest.mark.parametrize("expr", dashboard_queries())
 def test_panel_query(stack, expr):
     result = stack["prom"].query(substitute(expr))
-    reasons = check_names(expr, stack["exposition"])
+    reasons = check_names(expr, stack["known"])
     if reasons:
         pytest.skip("parsed OK; no data required: " + "; ".join(sorted(reasons)))
     assert result, f"no data for {expr}"
@@ -363,7 +479,7 @@ def test_panel_query(stack, expr):
 def test_variable_query(stack, definition):
     expr = label_values_to_promql(substitute(definition))
     result = stack["prom"].query(expr)
-    reasons = check_names(expr, stack["exposition"])
+    reasons = check_names(expr, stack["known"])
     if reasons:
         pytest.skip("parsed OK; no data required: " + "; ".join(sorted(reasons)))
     assert {v for r in result for v in r["metric"].values()}, f"no values for {definition}"
@@ -373,7 +489,7 @@ def test_variable_query(stack, definition):
 def test_alert_expression(stack, expr):
     # Parses and names only known series; whether it fires is checked below and by promtool.
     stack["prom"].query(expr)
-    check_names(expr, stack["exposition"])
+    check_names(expr, stack["known"])
 
 
 def test_rules_evaluate_without_errors(stack):
@@ -403,10 +519,12 @@ def test_documented_relabeling_is_the_tested_one():
     doc = METRICS_DOC.read_text()
     blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
     jobs = [j for b in blocks if isinstance(b, dict) for j in b.get("scrape_configs", [])]
-    documented = next(j for j in jobs if j["job_name"] == "kvcache-nodes")
-    assert documented["kubernetes_sd_configs"][0]["role"] == "pod"
-    tested = yaml.safe_load((HERE / "prometheus.yml").read_text())["scrape_configs"][0]
-    assert documented["relabel_configs"] == tested["relabel_configs"]
+    tested = yaml.safe_load((HERE / "prometheus.yml").read_text())["scrape_configs"]
+    assert [j["job_name"] for j in jobs] == [j["job_name"] for j in tested]
+    for documented, ran in zip(jobs, tested):
+        assert documented["kubernetes_sd_configs"][0]["role"] == "pod"
+        assert documented.get("honor_labels") == ran.get("honor_labels")
+        assert documented["relabel_configs"] == ran["relabel_configs"], documented["job_name"]
 
 
 def test_every_alert_has_a_runbook():
