@@ -144,8 +144,9 @@ def table(title, description, queries, rename):
     }
 
 
-RED_AT = lambda v, base="green", bad="red": [  # noqa: E731
-    {"color": base, "value": None}, {"color": bad, "value": v}]
+def RED_AT(value, base="green", bad="red"):
+    """Stat thresholds: `base` below `value`, `bad` from it on (swap them for "low is bad")."""
+    return [{"color": base, "value": None}, {"color": bad, "value": value}]
 
 
 def variable(name, label, query):
