@@ -417,6 +417,13 @@ int Run(int argc, char** argv) {
       std::chrono::milliseconds(std::max(flags.forward_timeout_ms, 1000));
   replication_options.lease = std::chrono::milliseconds(flags.primary_lease_ms);
   replication_options.cluster_token = cluster_token.value_or("");
+  if (persistence) {
+    replication_options.state_path = flags.data_dir + "/replication.json";
+    Persistence* persist = persistence.get();
+    replication_options.durable_offset = [persist] {
+      return persist->Stats().journal.durable_seq;
+    };
+  }
   Replication replication(store, cluster, replication_log, replication_options,
                           [](const std::string& line) { spdlog::info("{}", line); });
 

@@ -326,3 +326,31 @@ def test_old_primary_demotes_when_its_replica_refuses_an_older_epoch(cluster):
         stale = requests.post(f"http://{p}/internal/promote", headers=AUTH, json={"epoch": 2},
                               timeout=5)
         assert stale.status_code == 409
+
+
+def test_restarted_replica_resumes_from_the_backlog_without_a_full_sync(cluster):
+    p, r = cluster.addr(41), cluster.addr(42)
+    topo = topology(1, [([(0, 16383)], ("p", p), [("r", r)])])
+    cluster.start("p", p, topo)
+    node_r = cluster.start("r", r, topo)
+    wait_for(lambda: ready(p) and ready(r), timeout=20, what="p and r ready")
+    with requests.Session() as s:
+        for i in range(50):
+            assert s.put(f"http://{p}/v1/a{i}", data=str(i), timeout=5).status_code == 201
+        wait_for(lambda: (node_r.data_dir / "replication.json").exists() and
+                 json.loads((node_r.data_dir / "replication.json").read_text())["offset"]
+                 == status(p)["appliedOffset"],
+                 timeout=20, what="replica saved its resume point")
+        syncs = metric(p, "kvcache_node_replication_full_syncs_total")
+        assert node_r.stop() == 0
+        # Writes while it is away stay in the primary's backlog.
+        for i in range(50, 80):
+            assert s.put(f"http://{p}/v1/a{i}", data=str(i), timeout=5).status_code == 201
+        assert s.delete(f"http://{p}/v1/a0", timeout=5).status_code == 204
+        cluster.start("r", r, topo)
+        wait_for(lambda: ready(r) and status(r)["appliedOffset"] == status(p)["appliedOffset"],
+                 timeout=20, what="replica caught up")
+        assert metric(p, "kvcache_node_replication_full_syncs_total") == syncs
+        keys = [f"a{i}" for i in range(80)]
+        assert etags(s, r, keys, replica=True) == etags(s, p, keys)
+        assert "Resuming replication" in cluster.nodes["r"].log()
