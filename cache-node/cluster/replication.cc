@@ -435,14 +435,16 @@ Status Replication::FullSync(Sender& s, const BatchHeader& term, uint64_t* curso
       copied.push_back(std::move(r));
     });
     for (ReplRecord& r : copied) {
-      batch_bytes += r.Bytes();
-      batch.push_back(std::move(r));
-      ++entries;
-      if (batch_bytes >= options_.batch_bytes) {
+      // A batch stays under batch_bytes unless one record alone is larger (a value can be up
+      // to the node's value limit, which the replica's request limit allows for).
+      if (!batch.empty() && batch_bytes + r.Bytes() > options_.batch_bytes) {
         if (Status st = send(BatchKind::kSyncData, batch); !st.ok()) return st;
         batch.clear();
         batch_bytes = 0;
       }
+      batch_bytes += r.Bytes();
+      batch.push_back(std::move(r));
+      ++entries;
     }
   }
   if (!batch.empty()) {
