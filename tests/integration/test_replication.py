@@ -354,3 +354,23 @@ def test_restarted_replica_resumes_from_the_backlog_without_a_full_sync(cluster)
         keys = [f"a{i}" for i in range(80)]
         assert etags(s, r, keys, replica=True) == etags(s, p, keys)
         assert "Resuming replication" in cluster.nodes["r"].log()
+
+
+def test_large_values_replicate_by_full_sync_and_by_stream(cluster):
+    p, r = cluster.addr(51), cluster.addr(52)
+    topo = topology(1, [([(0, 16383)], ("p", p), [("r", r)])])
+    cluster.start("p", p, topo)
+    big = b"x" * (1 << 20)  # the default largest value
+    with requests.Session() as s:
+        for i in range(3):
+            assert s.put(f"http://{p}/v1/big{i}", data=big, timeout=10).status_code == 201
+        for i in range(200):
+            assert s.put(f"http://{p}/v1/small{i}", data=b"y" * 3000, timeout=5).status_code == 201
+        cluster.start("r", r, topo)  # joins late: full sync
+        wait_for(lambda: ready(r), timeout=30, what="replica synced")
+        assert s.put(f"http://{p}/v1/big-streamed", data=big, timeout=10).status_code == 201
+        wait_for(lambda: status(r)["appliedOffset"] == status(p)["appliedOffset"], timeout=20,
+                 what="stream caught up")
+        keys = [f"big{i}" for i in range(3)] + [f"small{i}" for i in range(200)] + ["big-streamed"]
+        assert etags(s, r, keys, replica=True) == etags(s, p, keys)
+        assert None not in etags(s, r, keys, replica=True).values()
