@@ -404,8 +404,6 @@ int Run(int argc, char** argv) {
         Env::Posix(), store, clock, persist_options,
         [](const std::string& line) { spdlog::info("{}", line); });
   }
-  NodeMetrics metrics(store, is_ready, kVersion, persistence.get());
-
   // Every write gets a replication offset (the journal's sequence when persisting); the role
   // (primary, replica) follows the topology and promotions. See cluster/replication.h.
   ReplicationLog replication_log(*backlog_bytes);
@@ -426,6 +424,12 @@ int Run(int argc, char** argv) {
   }
   Replication replication(store, cluster, replication_log, replication_options,
                           [](const std::string& line) { spdlog::info("{}", line); });
+
+  // kvcache_node_ready follows /readyz: a replica also waits to catch up.
+  NodeMetrics metrics(
+      store, [&ready, &replication] { return ready.load() && replication.CaughtUp(); },
+      kVersion, persistence.get());
+
 
   ApiOptions api_options;
   api_options.max_key_bytes = flags.max_key_bytes;
