@@ -202,7 +202,6 @@ protocol::Topology BuildTopology(const KVCacheSpec& spec, uint64_t epoch,
   t.cluster = spec.name;
   t.epoch = epoch;
   for (const ShardLayout& layout : shards) {
-    if (layout.slots.empty()) continue;
     protocol::Shard shard;
     shard.id = layout.id;
     shard.slots = layout.slots;

@@ -70,10 +70,10 @@ struct ShardLayout {
   bool operator==(const ShardLayout&) const = default;
 };
 
-// The topology document for the nodes: every shard that owns slots, with its primary and the
-// other pods of its StatefulSet (ordinals 0 .. NodesPerShard-1) as replicas, addressed by
-// their stable DNS names. Shards without slots are left out (the node protocol requires every
-// shard to own slots); their nodes are started but serve no keys until a move reaches them.
+// The topology document for the nodes: every given shard, with its primary and the other pods
+// of its StatefulSet (ordinals 0 .. NodesPerShard-1) as replicas, addressed by their stable DNS
+// names. A shard may own no slots yet (a new shard waiting for its first move): its nodes then
+// know their roles and replicate before any key arrives.
 protocol::Topology BuildTopology(const KVCacheSpec& spec, uint64_t epoch,
                                  const std::vector<ShardLayout>& shards);
 

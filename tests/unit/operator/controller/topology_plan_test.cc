@@ -152,7 +152,8 @@ TEST(BuildTopology, NamesPrimaryAndReplicasByStableDnsName) {
   ASSERT_TRUE(protocol::Validate(t).ok()) << protocol::Validate(t).ToString();
   EXPECT_EQ(t.cluster, "demo");
   EXPECT_EQ(t.epoch, 4u);
-  ASSERT_EQ(t.shards.size(), 2u);  // shard 2 owns nothing yet
+  ASSERT_EQ(t.shards.size(), 3u);  // shard 2 owns nothing yet but is named
+  EXPECT_TRUE(t.shards[2].slots.empty());
   EXPECT_EQ(t.shards[0].primary.name, "demo-0-1");
   EXPECT_EQ(t.shards[0].primary.addr, "demo-0-1.demo-nodes.prod.svc:8080");
   ASSERT_EQ(t.shards[0].replicas.size(), 2u);
