@@ -79,6 +79,7 @@ struct Condition {
 struct KVCacheReconciler::Pass {
   std::string ns, name;
   Json object;       // the KVCache as read
+  protocol::AdminClient* admin = nullptr;  // this KVCache's nodes (set once the token is known)
   Json old_status;   // its status as read
   KVCacheSpec spec;
   Status spec_error;  // InvalidArgument when the spec could not be used
@@ -149,8 +150,17 @@ struct KVCacheReconciler::Pass {
 KVCacheReconciler::KVCacheReconciler(kube::KubeClient& kube, protocol::AdminClient& admin,
                                      kube::Clock& clock, OperatorMetrics& metrics, EventFn events,
                                      Options options)
+    : KVCacheReconciler(
+          kube, [&admin](const KVCacheSpec&, const std::string&) -> protocol::AdminClient& {
+            return admin;
+          },
+          clock, metrics, std::move(events), options) {}
+
+KVCacheReconciler::KVCacheReconciler(kube::KubeClient& kube, AdminClientFor admin_for,
+                                     kube::Clock& clock, OperatorMetrics& metrics, EventFn events,
+                                     Options options)
     : kube_(kube),
-      admin_(admin),
+      admin_for_(std::move(admin_for)),
       clock_(clock),
       metrics_(metrics),
       events_(std::move(events)),
@@ -314,6 +324,7 @@ Status KVCacheReconciler::ApplyChildren(Pass& pass) {
   if (token.empty()) token = GenerateToken();
   if (token.empty()) return InternalError("could not generate a cluster token");
   if (Status s = Apply(pass, kinds::kSecret, DesiredTokenSecret(spec, token)); !s.ok()) return s;
+  pass.admin = &admin_for_(spec, token);
 
   Json config_map = DesiredConfigMap(spec);
   if (Status s = Apply(pass, kinds::kConfigMap, config_map); !s.ok()) return s;
@@ -452,7 +463,7 @@ Status KVCacheReconciler::ReadPodsAndNodes(Pass& pass) {
   }
   for (const auto& [name, pod] : pass.pods) {
     if (!pod.running) continue;
-    StatusOr<NodeStatus> node = admin_.GetStatus(pass.NodeAddr(name));
+    StatusOr<NodeStatus> node = pass.admin->GetStatus(pass.NodeAddr(name));
     if (node.ok()) pass.nodes[name] = *node;
   }
   for (const auto& [id, sts] : pass.statefulsets) {
@@ -516,7 +527,7 @@ void KVCacheReconciler::StepFailover(Pass& pass) {
       continue;
     }
     uint64_t epoch = std::max(pass.MaxNodeEpoch(), pass.forced_epoch) + 1;
-    StatusOr<NodeStatus> promoted = admin_.Promote(pass.NodeAddr(*chosen), {epoch});
+    StatusOr<NodeStatus> promoted = pass.admin->Promote(pass.NodeAddr(*chosen), {epoch});
     if (!promoted.ok()) {
       pass.Degrade("PromotionFailed", "promoting " + *chosen + ": " + promoted.status().ToString());
       pass.Requeue(options_.progress_interval);
@@ -613,7 +624,7 @@ void KVCacheReconciler::StepResharding(Pass& pass) {
     request.target = {target_primary, PodAddress(spec, target_primary)};
     const std::string& source_primary = pass.layout[move.source].primary;
     StatusOr<protocol::MigrationStatus> started =
-        admin_.StartMigration(pass.NodeAddr(source_primary), request);
+        pass.admin->StartMigration(pass.NodeAddr(source_primary), request);
     if (!started.ok()) {
       pass.Degrade("MigrationFailed", "starting the move of slots " + FormatSlots(move.slots) +
                                           " from shard " + std::to_string(move.source) + ": " +
@@ -650,7 +661,7 @@ void KVCacheReconciler::StepResharding(Pass& pass) {
   }
   move.slots = *slots;
   const std::string& source_primary = pass.layout[move.source].primary;
-  StatusOr<protocol::MigrationStatus> state = admin_.GetMigration(pass.NodeAddr(source_primary));
+  StatusOr<protocol::MigrationStatus> state = pass.admin->GetMigration(pass.NodeAddr(source_primary));
   if (!state.ok()) {
     pass.Progress("Resharding", "source " + source_primary + " does not answer");
     pass.Requeue(options_.progress_interval);
@@ -733,7 +744,7 @@ void KVCacheReconciler::StepTopology(Pass& pass) {
       continue;
     }
     if (node->second.epoch >= pass.epoch) continue;
-    Status s = admin_.PutTopology(pass.NodeAddr(name), topology);
+    Status s = pass.admin->PutTopology(pass.NodeAddr(name), topology);
     if (s.ok() || s.code() == StatusCode::kConflict) {
       // Conflict: the node already has this epoch or newer (a push before a restart).
       ++pushed;

@@ -63,8 +63,17 @@ class KVCacheReconciler {
  public:
   using Options = ReconcilerOptions;
 
-  // All references must outlive the reconciler. `events` may be empty.
+  // The AdminClient for one KVCache's nodes: each KVCache has its own cluster token, which the
+  // reconciler reads (or generates) before any admin call. The returned client must live as
+  // long as the reconciler.
+  using AdminClientFor =
+      std::function<protocol::AdminClient&(const KVCacheSpec& spec, const std::string& token)>;
+
+  // All references must outlive the reconciler. `events` may be empty. The first form uses one
+  // AdminClient for every KVCache (tests).
   KVCacheReconciler(kube::KubeClient& kube, protocol::AdminClient& admin, kube::Clock& clock,
+                    OperatorMetrics& metrics, EventFn events = {}, Options options = {});
+  KVCacheReconciler(kube::KubeClient& kube, AdminClientFor admin_for, kube::Clock& clock,
                     OperatorMetrics& metrics, EventFn events = {}, Options options = {});
 
   // Reconciles one KVCache. OK when the KVCache is absent. Returns the first error that stopped
@@ -87,7 +96,7 @@ class KVCacheReconciler {
   void Event(Pass& pass, std::string_view type, std::string_view reason, const std::string& msg);
 
   kube::KubeClient& kube_;
-  protocol::AdminClient& admin_;
+  AdminClientFor admin_for_;
   kube::Clock& clock_;
   OperatorMetrics& metrics_;
   EventFn events_;
