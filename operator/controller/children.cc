@@ -121,8 +121,8 @@ Json DesiredConfigMap(const KVCacheSpec& spec) {
                 std::to_string(spec.persistence.snapshot_interval_seconds)},
                {"KVCACHE_MAX_MEMORY", spec.memory.limit},
                {"KVCACHE_EVICTION", spec.memory.eviction},
-               {"KVCACHE_REPLICATION_MODE", spec.replication.sync ? "sync" : "async"},
-               {"KVCACHE_REPLICATION_MIN_ACKS", std::to_string(spec.replication.min_acks)},
+               {"KVCACHE_REPLICATION", spec.replication.sync ? "sync" : "async"},
+               {"KVCACHE_MIN_ACKS", std::to_string(spec.replication.min_acks)},
                {"KVCACHE_SNAPSHOT_ON_SHUTDOWN", "true"},
                {"KVCACHE_LOG_FORMAT", "json"}};
   return {{"apiVersion", "v1"},

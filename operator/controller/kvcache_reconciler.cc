@@ -142,7 +142,7 @@ struct KVCacheReconciler::Pass {
   }
   uint64_t MaxNodeEpoch() const {
     uint64_t e = epoch;
-    for (const auto& [n, s] : nodes) e = std::max(e, s.epoch);
+    for (const auto& [n, s] : nodes) e = std::max({e, s.epoch, s.fence_epoch});
     return e;
   }
 };
