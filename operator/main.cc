@@ -403,7 +403,9 @@ int Run(int argc, char** argv) {
     callbacks.on_started_leading = [&](std::stop_token lead_stop) {
       spdlog::info("Became leader (Lease {}/{})", lease_ns, le.lease_name);
       standby = false;
+      metrics.SetLeader(true);
       controller.Run(lead_stop);
+      metrics.SetLeader(false);
     };
     callbacks.on_new_leader = [](const std::string& id) { spdlog::info("Leader is {}", id); };
     auto elector = std::make_shared<kube::LeaderElector>(**client, le, callbacks);
@@ -417,6 +419,7 @@ int Run(int argc, char** argv) {
       }
     });
   } else {
+    metrics.SetLeader(true);
     runner = std::jthread([&] { controller.Run(stop.get_token()); });
   }
 

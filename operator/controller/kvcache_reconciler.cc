@@ -185,7 +185,10 @@ ReconcileResult KVCacheReconciler::Reconcile(std::string_view ns, std::string_vi
 ReconcileResult KVCacheReconciler::RunPass(Pass& pass) {
   StatusOr<Json> object = kube_.Get(kinds::kKVCache, pass.ns, pass.name);
   if (!object.ok()) {
-    if (object.status().code() == StatusCode::kNotFound) return {Status::Ok(), std::nullopt};
+    if (object.status().code() == StatusCode::kNotFound) {
+      metrics_.ForgetKVCache(pass.ns, pass.name);
+      return {Status::Ok(), std::nullopt};
+    }
     return {object.status(), std::nullopt};
   }
   pass.object = *object;
@@ -826,6 +829,7 @@ Status KVCacheReconciler::WriteStatus(Pass& pass) {
     status["readyNodes"] = ready_nodes;
     status["ready"] = std::to_string(ready_nodes) + "/" + std::to_string(nodes);
     status["shardCount"] = shard_count;
+    metrics_.SetKVCache(pass.ns, pass.name, ready_nodes, nodes, available);
     status["selector"] = SelectorString(spec);
     status["endpoint"] = Endpoint(spec);
     status["topologyEpoch"] = pass.epoch;

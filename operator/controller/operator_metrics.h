@@ -4,16 +4,22 @@
 //   kvcache_operator_reconcile_total{result="success|error|requeue"}  counter
 //   kvcache_operator_reconcile_errors_total                          counter
 //   kvcache_operator_reconcile_duration_seconds                      histogram
-//   kvcache_operator_queue_depth                                     gauge (set by the binary)
+//   kvcache_operator_workqueue_depth                                 gauge (set by the binary)
+//   kvcache_operator_leader                                          gauge (set by the binary)
 //   kvcache_operator_failovers_total                                 counter
-//   kvcache_operator_migrations_total{result="started|done|failed"}  counter
+//   kvcache_operator_migrations_total                                counter (started)
+//   kvcache_operator_migrations_completed_total                      counter
+//   kvcache_operator_migration_failures_total                        counter
 //   kvcache_operator_topology_pushes_total                           counter
 //   kvcache_operator_writes_total{verb="apply|delete|status|patch"}  counter
+//   kvcache_operator_kvcache_{ready_nodes,desired_nodes,available}{namespace,name}  gauges
+// (docs/metrics.md lists them; the names match the shipped dashboards and alerts.)
 //
 // Thread safety: every method may be called from any thread (prometheus-cpp is thread-safe).
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -30,6 +36,11 @@ class OperatorMetrics {
 
   void ReconcileDone(bool ok, bool requeue, double seconds);
   void SetQueueDepth(double depth) { queue_depth_->Set(depth); }
+  void SetLeader(bool leader) { leader_->Set(leader ? 1 : 0); }
+  // Per-KVCache gauges, as of the last status written; Forget drops the series (deleted).
+  void SetKVCache(const std::string& ns, const std::string& name, int ready_nodes,
+                  int desired_nodes, bool available);
+  void ForgetKVCache(const std::string& ns, const std::string& name);
   void Failover() { failovers_->Increment(); }
   void MigrationStarted() { migrations_started_->Increment(); }
   void MigrationDone() { migrations_done_->Increment(); }
@@ -52,6 +63,10 @@ class OperatorMetrics {
   prometheus::Counter* errors_ = nullptr;
   prometheus::Histogram* duration_ = nullptr;
   prometheus::Gauge* queue_depth_ = nullptr;
+  prometheus::Gauge* leader_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* ready_nodes_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* desired_nodes_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* available_ = nullptr;
   prometheus::Counter* failovers_ = nullptr;
   prometheus::Counter* migrations_started_ = nullptr;
   prometheus::Counter* migrations_done_ = nullptr;
