@@ -579,9 +579,19 @@ void KVCacheReconciler::StepResharding(Pass& pass) {
   std::vector<SlotMove> plan = PlanReshard(pass.Slots(), spec.shards);
   if (current.is_null() && plan.empty()) return done();
 
-  // Moves need a settled cluster: the topology out, every involved primary ready.
-  if (pass.epoch == 0 || pass.topology_behind || !pass.failover.is_null()) {
-    pass.Progress("Resharding", "waiting for the topology before moving slots");
+  // Moves need a settled cluster: the current layout's topology on every member (a new shard
+  // must be known to all nodes, target included, before slots stream to it), no failover in
+  // flight, every primary ready.
+  bool settled = pass.epoch > 0 && pass.failover.is_null() &&
+                 TopologyHash(BuildTopology(spec, 1, pass.Layouts())) == pass.topology_hash;
+  for (const auto& [id, l] : pass.layout) {
+    for (int ordinal = 0; settled && ordinal < spec.NodesPerShard(); ++ordinal) {
+      auto node = pass.nodes.find(PodName(spec, id, ordinal));
+      settled = node != pass.nodes.end() && node->second.epoch >= pass.epoch;
+    }
+  }
+  if (!settled) {
+    pass.Progress("Resharding", "waiting for every node to have the topology before moving slots");
     pass.Requeue(options_.progress_interval);
     return;
   }

@@ -7,6 +7,7 @@
 // Thread safety: every method may be called from any thread.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -94,6 +95,7 @@ class FakeAdminClient final : public protocol::AdminClient {
     if (n->status.migration.state == State::kStreaming) {
       return FailedPreconditionError("a migration is running");
     }
+    if (on_start) on_start(request);
     n->status.migration = {State::kStreaming, request.target_shard, request.slots, 0, 100, ""};
     n->polls_left = migration_polls;
     started_.push_back(request);
@@ -138,6 +140,8 @@ class FakeAdminClient final : public protocol::AdminClient {
   }
 
   int migration_polls = 1;
+  // Called (with the fake's lock held: use At(), not the AdminClient methods) on StartMigration.
+  std::function<void(const protocol::MigrationRequest&)> on_start;
   bool fail_migrations = false;
 
  private:

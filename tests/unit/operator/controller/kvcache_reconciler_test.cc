@@ -337,6 +337,14 @@ TEST(KVCacheReconciler, ScaleUpMovesSlotsOneMigrationAtATime) {
   w.Create({{"shards", 3}, {"replicasPerShard", 0}});
   w.RunPods();
   w.Converge();
+  // The target of every move already knows its shard from a pushed topology.
+  w.admin.on_start = [&](const protocol::MigrationRequest& request) {
+    const auto& target = w.admin.At(World::Addr(request.target_shard, 0));
+    ASSERT_TRUE(target.topology.has_value());
+    bool known = false;
+    for (const auto& s : target.topology->shards) known = known || s.id == request.target_shard;
+    EXPECT_TRUE(known) << "shard " << request.target_shard;
+  };
   w.PatchSpec({{"shards", 5}});
   w.Converge(60);
   Json status = w.Status();
