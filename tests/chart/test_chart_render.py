@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from chartlib import (CACHE_CHART, CACHE_SCENARIOS, CHART, CRD_COPY, CRD_SOURCE, RULES,
+from chartlib import (CACHE_CHART, CACHE_SCENARIOS, CHART, CRD_COPY, CRD_SOURCE, ROOT, RULES,
                       SCENARIOS, by_kind, helm, one, render)
 
 RESTRICTED_KINDS = {"Deployment", "Pod"}
@@ -222,7 +222,7 @@ def test_every_value_is_commented_and_in_the_schema():
     schema = json.loads((CHART / "values.schema.json").read_text())
     lines = (CHART / "values.yaml").read_text().splitlines()
     path = []
-    uncommented, unschemed = [], []
+    uncommented, unschemed, documented_paths = [], [], []
     for i, line in enumerate(lines):
         m = re.match(r"^( *)([A-Za-z][A-Za-z0-9]*):(.*)$", line)
         if not m:
@@ -248,5 +248,9 @@ def test_every_value_is_commented_and_in_the_schema():
                 j -= 1
             if not any(b.startswith("# --") for b in block):
                 uncommented.append(".".join(path))
+            documented_paths.append(".".join(path))
     assert not uncommented, f"values without a '# --' comment: {uncommented}"
     assert not unschemed, f"values missing from values.schema.json: {unschemed}"
+    documented = (ROOT / "docs" / "install.md").read_text()
+    undocumented = [p for p in documented_paths if f"`{p}`" not in documented]
+    assert not undocumented, f"values missing from docs/install.md's table: {undocumented}"
