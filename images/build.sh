@@ -10,7 +10,9 @@
 #   images/build.sh [node|operator|base]...     # default: base node operator
 # Needs root, debootstrap, podman and buildah (apt-get installs them when missing).
 # Environment: DEBIAN_MIRROR (default: the first bookworm URI in /etc/apt), WORK_DIR
-# (default build/images), TAG (default the project version), BUILDAH_ISOLATION (default chroot).
+# (default build/images), TAG (default the project version), BUILDAH_ISOLATION (default chroot:
+# crun cannot create cgroups in this machine's hybrid hierarchy), EXTRA_CA_FILE (default the host's
+# /etc/ssl/certs/ca-certificates.crt, given to the builder as the build secret extra_ca).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,7 +69,8 @@ build_image() {  # build_image NAME DOCKERFILE
   local name=$1 dockerfile=$2 start
   start=$(date +%s)
   log "buildah bud $dockerfile -> localhost/kvcache/$name:$TAG"
-  buildah bud --layers --format docker --network host --ignorefile "$repo/images/dockerignore" --build-arg "BASE=$BASE" \
+  # The host's trust store as the build's extra CA (npm behind a TLS-inspecting proxy).
+  buildah bud --secret "id=extra_ca,src=${EXTRA_CA_FILE:-/etc/ssl/certs/ca-certificates.crt}" --layers --format docker --network host --ignorefile "$repo/images/dockerignore" --build-arg "BASE=$BASE" \
     -f "$repo/$dockerfile" -t "localhost/kvcache/$name:$TAG" "$repo"
   log "$name built in $(( $(date +%s) - start )) s"
 }

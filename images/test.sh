@@ -2,7 +2,7 @@
 # Runs the node image built by images/build.sh with podman and expects 200 from /healthz, a
 # PUT/GET round trip, a non-root process and a healthy HEALTHCHECK; removes the container.
 #   images/test.sh [IMAGE]     # default localhost/kvcache/kvcache-node:<project version>
-# Needs root and podman. The --ulimit flags are required on these machines (DEPS-NOTES:
+# Needs root, podman and runc (installed when missing). The --ulimit flags are required on these machines (DEPS-NOTES:
 # podman cannot raise rlimits past the hard limits otherwise).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,6 +14,15 @@ fail=0
 log() { echo "images/test.sh: $*"; }
 ok() { echo "ok   $*"; }
 bad() { echo "FAIL $*" >&2; fail=1; }
+
+# crun (podman's default) refuses this machine's hybrid cgroup hierarchy ("cgroups in hybrid
+# mode not supported"); runc with the cgroupfs manager runs the image. No systemd here, so
+# podman logs that it cannot add healthcheck timers: `podman healthcheck run` below runs it.
+if ! command -v runc >/dev/null; then
+  log "installing runc"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends runc >/dev/null
+fi
+podman() { command podman --runtime runc --cgroup-manager cgroupfs "$@"; }
 
 podman image exists "$image" || { log "$image missing: run images/build.sh"; exit 1; }
 cleanup() { podman rm -f "$name" >/dev/null 2>&1 || true; }
