@@ -5,6 +5,7 @@ each scenario renders, the values schema refusing bad values, and the CRD copy e
 """
 
 import json
+import tarfile
 import re
 
 import pytest
@@ -254,3 +255,18 @@ def test_every_value_is_commented_and_in_the_schema():
     documented = (ROOT / "docs" / "install.md").read_text()
     undocumented = [p for p in documented_paths if f"`{p}`" not in documented]
     assert not undocumented, f"values missing from docs/install.md's table: {undocumented}"
+
+
+def test_package_carries_crd_rules_and_dashboards(tmp_path):
+    helm("package", CHART, "-d", tmp_path)
+    (pkg,) = tmp_path.glob("kvcache-operator-*.tgz")
+
+    names = set(tarfile.open(pkg).getnames())
+    for want in ("kvcache-operator/files/crds/kvcache.io_kvcaches.yaml",
+                 "kvcache-operator/rules/kvcache.rules.yaml",
+                 "kvcache-operator/values.schema.json"):
+        assert want in names
+    assert {f"kvcache-operator/dashboards/{p.name}" for p in (CHART / "dashboards").glob("*.json")} <= names
+    assert not any(n.endswith((".py", ".sh")) for n in names), sorted(names)
+    # The packaged chart renders the same as the directory.
+    assert render(chart=pkg)[0] == render()[0]
