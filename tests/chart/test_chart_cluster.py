@@ -127,17 +127,23 @@ def test_03_install():
     # RBAC really grants what the operator needs, and no more than listed: spot checks through
     # the API server's own authorizer.
     sa = f"system:serviceaccount:{NS}:{RELEASE}-kvcache-operator"
-    for verb, resource, ns, allowed in [
+    assert_can(sa, [
         ("patch", "kvcaches.kvcache.io/status", APPS, "yes"),
-        ("create", "statefulsets.apps", APPS, "yes"),
+        ("create", "statefulsets.apps", "default", "yes"),
         ("update", "leases.coordination.k8s.io", NS, "yes"),
         ("update", "leases.coordination.k8s.io", APPS, "no"),
         ("delete", "pods", APPS, "no"),
         ("create", "clusterroles.rbac.authorization.k8s.io", "", "no"),
-    ]:
-        args = ["auth", "can-i", verb, resource, "--as", sa] + (["-n", ns] if ns else [])
+    ])
+
+
+def assert_can(user, checks):
+    """checks: (verb, resource, namespace or "", "yes"/"no") asked of the API server's
+    authorizer with `kubectl auth can-i --as`."""
+    for verb, resource, ns, allowed in checks:
+        args = ["auth", "can-i", verb, resource, "--as", user] + (["-n", ns] if ns else [])
         got = k(*args, check=False).stdout.strip()
-        assert got == allowed, f"can-i {verb} {resource} -n {ns}: {got}, want {allowed}"
+        assert got == allowed, f"{user} can-i {verb} {resource} -n {ns}: {got}, want {allowed}"
 
 
 @needs_operator
@@ -236,3 +242,28 @@ def test_14_keep_false_uninstall_removes_the_crd():
     helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "3m", timeout=240)
     await_condition("CRD deleted",
                     lambda: "NotFound" in k("get", "crd", CRD, check=False).stderr, timeout=120)
+
+
+def test_15_namespace_scoped_release_is_confined_to_its_namespace():
+    # Second operator release, namespace scope (ci scenario), crds.install=false: the CRD is
+    # applied by hand, as docs/install.md says for that case.
+    ns = "kvcache-ns"
+    k("apply", "--server-side", "-f", ROOT / "crds" / "kvcache.io_kvcaches.yaml")
+    k("wait", "--for", "condition=established", "--timeout=60s", f"crd/{CRD}")
+    helm("install", "kvc-ns", CHART, "-n", ns, "--create-namespace",
+         "-f", CHART / "ci" / "namespace-scoped-values.yaml", "--set", "crds.install=false")
+    sa = f"system:serviceaccount:{ns}:kvc-ns-kvcache-operator"
+    watched = yaml.safe_load((CHART / "ci" / "namespace-scoped-values.yaml").read_text())[
+        "watchNamespace"]
+    assert_can(sa, [
+        ("watch", "kvcaches.kvcache.io", watched, "yes"),
+        ("patch", "statefulsets.apps", watched, "yes"),
+        ("watch", "kvcaches.kvcache.io", "default", "no"),
+        ("patch", "statefulsets.apps", "default", "no"),
+        ("list", "kvcaches.kvcache.io", "", "no"),        # no cluster-wide list
+        ("update", "leases.coordination.k8s.io", ns, "yes"),
+    ])
+    args = get_json("deployment", "-n", ns, "kvc-ns-kvcache-operator")[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--namespace={watched}" in args
+    helm("uninstall", "kvc-ns", "-n", ns, "--wait", "--timeout", "3m", timeout=240)

@@ -5,8 +5,8 @@ each scenario renders, the values schema refusing bad values, and the CRD copy e
 """
 
 import json
-import tarfile
 import re
+import tarfile
 
 import pytest
 import yaml
