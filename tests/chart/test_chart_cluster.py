@@ -28,7 +28,8 @@ BIN = pathlib.Path(os.environ.get("LOCALK8S_BIN_DIR", ROOT / "build" / "bin"))
 KUBECTL = os.environ.get("KUBECTL", str(BIN / "kubectl"))
 NS = "kvcache-system"          # the operator's release namespace
 APPS = "kvcache-apps"          # where the sample KVCache lives (and the namespace-scoped watch)
-RELEASE = "kvc"
+RELEASE = "kvcache-operator"   # as docs/install.md: its objects are named "kvcache-operator"
+FULLNAME = "kvcache-operator"
 CRD = "kvcaches.kvcache.io"
 OPERATOR = BIN / "kvcache-operator"
 STANDIN = os.environ.get("CHART_OPERATOR_STANDIN") == "1"
@@ -122,11 +123,11 @@ def test_03_install():
     crd = get_json("crd", CRD)
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-    dep = get_json("deployment", "-n", NS, f"{RELEASE}-kvcache-operator")
-    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == f"{RELEASE}-kvcache-operator"
+    dep = get_json("deployment", "-n", NS, FULLNAME)
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == FULLNAME
     # RBAC really grants what the operator needs, and no more than listed: spot checks through
     # the API server's own authorizer.
-    sa = f"system:serviceaccount:{NS}:{RELEASE}-kvcache-operator"
+    sa = f"system:serviceaccount:{NS}:{FULLNAME}"
     assert_can(sa, [
         ("patch", "kvcaches.kvcache.io/status", APPS, "yes"),
         ("create", "statefulsets.apps", "default", "yes"),
@@ -148,8 +149,9 @@ def assert_can(user, checks):
 
 @needs_operator
 def test_04_operator_ready_and_helm_test():
-    dep = get_json("deployment", "-n", NS, f"{RELEASE}-kvcache-operator")
+    dep = get_json("deployment", "-n", NS, FULLNAME)
     assert dep["status"].get("readyReplicas") == 1
+    k("-n", NS, "rollout", "status", f"deployment/{FULLNAME}", "--timeout=60s")
     out = helm("test", RELEASE, "-n", NS, "--timeout", "3m", timeout=240)
     assert "Phase:          Succeeded" in out.stdout or "Succeeded" in out.stdout, out.stdout
 
@@ -215,9 +217,9 @@ def test_11_uninstall_cache_release():
 
 def test_12_uninstall_keeps_the_crd():
     helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "3m", timeout=240)
-    assert "NotFound" in k("get", "deployment", "-n", NS, f"{RELEASE}-kvcache-operator",
+    assert "NotFound" in k("get", "deployment", "-n", NS, FULLNAME,
                            check=False).stderr
-    assert "NotFound" in k("get", "clusterrole", f"{RELEASE}-kvcache-operator",
+    assert "NotFound" in k("get", "clusterrole", FULLNAME,
                            check=False).stderr
     crd = get_json("crd", CRD)
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
