@@ -144,8 +144,9 @@ def table(title, description, queries, rename):
     }
 
 
-RED_AT = lambda v, base="green", bad="red": [  # noqa: E731
-    {"color": base, "value": None}, {"color": bad, "value": v}]
+def RED_AT(value, base="green", bad="red"):
+    """Stat thresholds: `base` below `value`, `bad` from it on (swap them for "low is bad")."""
+    return [{"color": base, "value": None}, {"color": bad, "value": value}]
 
 
 def variable(name, label, query):
@@ -418,6 +419,25 @@ def operator():
                        f" / max by (namespace, name) (kvcache_operator_kvcache_desired_nodes{{{KVCACHE}}} > 0)",
                        "{{namespace}}/{{name}}")], "percentunit"), 14, 9)
 
+    L.row("Kubernetes API")
+    L.add(timeseries("API requests by verb and code", "Requests the operator sends to the "
+                     "Kubernetes API server (code \"error\": no answer).",
+                     [(rate("kvcache_operator_kube_requests_total", OPERATOR, by="verb, code"),
+                       "{{verb}} {{code}}")], "reqps", stack=True), 12, 8)
+    kube = rate("kvcache_operator_kube_request_duration_seconds_bucket", OPERATOR, by="verb, le")
+    L.add(timeseries("API latency by verb (p99)", "Latency of Kubernetes API requests (a watch: "
+                     "until its headers arrive).",
+                     [(f"histogram_quantile(0.99, {kube})", "p99 {{verb}}")], "s"), 12, 8)
+    L.add(timeseries("Watch restarts", "Informer watches started again, by resource and reason "
+                     "(410 Gone means a relist).",
+                     [(rate("kvcache_operator_kube_watch_restarts_total", OPERATOR,
+                            by="resource, reason", fn="increase"), "{{resource}} {{reason}}")],
+                     bars=True), 12, 7)
+    L.add(timeseries("Retries", "Requests sent again after a 429 or 5xx with Retry-After: the "
+                     "API server is pushing back.",
+                     [(rate("kvcache_operator_kube_request_retries_total", OPERATOR, by="code",
+                            fn="increase"), "{{code}}")], bars=True), 12, 7)
+
     kv = "kvcache_operator_kvcache_desired_nodes"
     variables = [
         variable("instance", "Operator instance", "label_values(kvcache_operator_leader, instance)"),
@@ -426,7 +446,8 @@ def operator():
     ]
     return dashboard("kvcache-operator", "kvcache / Operator",
                      "The kvcache operator: reconciles, queue, leadership, failovers, "
-                     "migrations and each KVCache's readiness.", L.panels, variables)
+                     "migrations, each KVCache's readiness, and its Kubernetes API traffic.",
+                     L.panels, variables)
 
 
 DASHBOARDS = {"kvcache-data-plane.json": data_plane, "kvcache-operator.json": operator}
