@@ -252,9 +252,10 @@ Json DesiredStatefulSet(const KVCacheSpec& spec, int shard, const std::string& c
         // Every node must be running before the first topology can name them all; a node is
         // ready only after that, so OrderedReady would wait forever.
         {"podManagementPolicy", "Parallel"},
-        // Highest ordinal first, one at a time, each gated on readiness: replicas before the
-        // primary (ordinal 0 unless a failover moved it).
-        {"updateStrategy", {{"type", "RollingUpdate"}, {"rollingUpdate", {{"partition", 0}}}}},
+        // The operator rolls the pods itself (replicas first, a switchover before the
+        // primary, gated on readiness and replication catch-up): the primary may be any
+        // ordinal after a failover, which no partition of RollingUpdate can express.
+        {"updateStrategy", {{"type", "OnDelete"}}},
         {"persistentVolumeClaimRetentionPolicy",
          {{"whenDeleted", "Retain"}, {"whenScaled", "Retain"}}},
         {"selector", {{"matchLabels", SelectorLabels(spec, shard)}}},

@@ -62,6 +62,7 @@ struct PodInfo {
   std::string ip;
   bool running = false;  // Running, has an IP, not being deleted
   bool ready = false;
+  std::string revision;  // controller-revision-hash: which StatefulSet revision it runs
 };
 
 // The conditions this reconciler owns.
@@ -275,6 +276,7 @@ ReconcileResult KVCacheReconciler::RunPass(Pass& pass) {
   if (Status s = ReadPodsAndNodes(pass); !s.ok()) return {s, std::nullopt};
   StepFailover(pass);
   StepResharding(pass);
+  StepRollout(pass);
   StepTopology(pass);
   if (Status s = WriteStatus(pass); !s.ok()) {
     return {s, s.code() == StatusCode::kConflict ? std::optional(milliseconds(0)) : std::nullopt};
@@ -462,20 +464,13 @@ Status KVCacheReconciler::ReadPodsAndNodes(Pass& pass) {
       if (c.value("type", "") == "Ready") info.ready = c.value("status", "") == "True";
     }
     info.ready = info.ready && info.running;
+    info.revision = StringAt(pod, "/metadata/labels/controller-revision-hash"_json_pointer);
     pass.pods[info.name] = info;
   }
   for (const auto& [name, pod] : pass.pods) {
     if (!pod.running) continue;
     StatusOr<NodeStatus> node = pass.admin->GetStatus(pass.NodeAddr(name));
     if (node.ok()) pass.nodes[name] = *node;
-  }
-  for (const auto& [id, sts] : pass.statefulsets) {
-    if (!sts.contains("status")) continue;  // the StatefulSet controller has not seen it yet
-    const Json& s = sts["status"];
-    if (s.value("updateRevision", "") != s.value("currentRevision", "") ||
-        s.value("observedGeneration", int64_t{0}) < sts["metadata"].value("generation", int64_t{0})) {
-      pass.rolling = true;
-    }
   }
   return Status::Ok();
 }
@@ -553,6 +548,95 @@ void KVCacheReconciler::StepFailover(Pass& pass) {
   }
 }
 
+bool KVCacheReconciler::TopologySettled(const Pass& pass) const {
+  const KVCacheSpec& spec = pass.spec;
+  if (pass.epoch == 0 || !pass.failover.is_null() ||
+      TopologyHash(BuildTopology(spec, 1, pass.Layouts())) != pass.topology_hash) {
+    return false;
+  }
+  for (const auto& [id, l] : pass.layout) {
+    for (int ordinal = 0; ordinal < spec.NodesPerShard(); ++ordinal) {
+      auto node = pass.nodes.find(PodName(spec, id, ordinal));
+      if (node == pass.nodes.end() || node->second.epoch < pass.epoch) return false;
+    }
+  }
+  return true;
+}
+
+void KVCacheReconciler::StepRollout(Pass& pass) {
+  const KVCacheSpec& spec = pass.spec;
+  // Which pods run an old revision of their StatefulSet's template.
+  std::map<int, std::vector<std::string>> outdated;
+  for (const auto& [id, sts] : pass.statefulsets) {
+    if (!pass.layout.count(id)) continue;
+    std::string update = StringAt(sts, "/status/updateRevision"_json_pointer);
+    if (update.empty()) continue;  // the StatefulSet controller has not seen it yet
+    for (int ordinal = spec.NodesPerShard() - 1; ordinal >= 0; --ordinal) {
+      auto pod = pass.pods.find(PodName(spec, id, ordinal));
+      if (pod != pass.pods.end() && !pod->second.revision.empty() &&
+          pod->second.revision != update) {
+        outdated[id].push_back(pod->first);
+      }
+    }
+  }
+  if (outdated.empty()) return;
+  pass.rolling = true;
+  pass.Progress("RollingUpdate", "rolling out a new pod template one pod at a time");
+  pass.Requeue(options_.progress_interval);
+  // One pod at a time across the whole KVCache, each step only on a settled, fully ready
+  // cluster (a replica is ready only once caught up with its primary), never during a
+  // reshard or failover.
+  if (!pass.resharding.is_null() || !TopologySettled(pass)) return;
+  for (const auto& [id, l] : pass.layout) {
+    for (int ordinal = 0; ordinal < spec.NodesPerShard(); ++ordinal) {
+      if (!pass.PodReady(PodName(spec, id, ordinal))) return;
+    }
+  }
+  auto& [id, pods] = *outdated.begin();
+  ShardLayout& layout = pass.layout.at(id);
+  // Replicas first, highest ordinal first (pods are listed that way).
+  std::string victim;
+  for (const std::string& pod : pods) {
+    if (pod != layout.primary) {
+      victim = pod;
+      break;
+    }
+  }
+  if (victim.empty() && spec.replicas_per_shard > 0) {
+    // Only the primary is left: hand its role to the most caught-up replica first, so the
+    // restart costs a role change (503 + Retry-After for a moment) instead of an outage.
+    std::vector<PromotionCandidate> candidates;
+    for (int ordinal = 0; ordinal < spec.NodesPerShard(); ++ordinal) {
+      std::string pod = PodName(spec, id, ordinal);
+      auto node = pass.nodes.find(pod);
+      if (pod == layout.primary || node == pass.nodes.end()) continue;
+      candidates.push_back({pod, true, node->second.applied_offset});
+    }
+    std::optional<std::string> chosen = ChoosePromotion(candidates);
+    if (!chosen) return;
+    uint64_t epoch = std::max(pass.MaxNodeEpoch(), pass.forced_epoch) + 1;
+    StatusOr<NodeStatus> promoted = pass.admin->Promote(pass.NodeAddr(*chosen), {epoch});
+    if (!promoted.ok()) {
+      pass.Degrade("SwitchoverFailed", "promoting " + *chosen + ": " + promoted.status().ToString());
+      return;
+    }
+    Event(pass, "Normal", "PrimarySwitchedOver",
+          "Shard " + std::to_string(id) + ": " + *chosen + " took over from " + layout.primary +
+              " before its restart");
+    layout.primary = *chosen;
+    pass.forced_epoch = epoch;
+    return;  // the old primary restarts as a replica on a later pass
+  }
+  if (victim.empty()) victim = layout.primary;  // no replica: a restart is an outage anyway
+  Status s = kube_.Delete(kinds::kPod, pass.ns, victim);
+  metrics_.Write("delete");
+  if (!s.ok() && s.code() != StatusCode::kNotFound) {
+    pass.error = s;
+    return;
+  }
+  Event(pass, "Normal", "PodRestarted", "Restarted " + victim + " for the new pod template");
+}
+
 void KVCacheReconciler::StepResharding(Pass& pass) {
   const KVCacheSpec& spec = pass.spec;
   auto done = [&]() {
@@ -582,15 +666,7 @@ void KVCacheReconciler::StepResharding(Pass& pass) {
   // Moves need a settled cluster: the current layout's topology on every member (a new shard
   // must be known to all nodes, target included, before slots stream to it), no failover in
   // flight, every primary ready.
-  bool settled = pass.epoch > 0 && pass.failover.is_null() &&
-                 TopologyHash(BuildTopology(spec, 1, pass.Layouts())) == pass.topology_hash;
-  for (const auto& [id, l] : pass.layout) {
-    for (int ordinal = 0; settled && ordinal < spec.NodesPerShard(); ++ordinal) {
-      auto node = pass.nodes.find(PodName(spec, id, ordinal));
-      settled = node != pass.nodes.end() && node->second.epoch >= pass.epoch;
-    }
-  }
-  if (!settled) {
+  if (!TopologySettled(pass)) {
     pass.Progress("Resharding", "waiting for every node to have the topology before moving slots");
     pass.Requeue(options_.progress_interval);
     return;

@@ -16,9 +16,12 @@
 //   5. Resharding: spec.shards differs from the shards owning slots -> a plan of moves with
 //      minimal movement; one migration at a time (StartMigration, then GetMigration until done;
 //      the slots flip owner in a new epoch); a drained shard's StatefulSet goes afterwards.
-//   6. Topology: pushed (PUT /internal/topology) to every node whose epoch is behind, with a new
+//   6. Rolling update (StatefulSets use OnDelete): pods on an old template revision are
+//      deleted one at a time on a settled, fully ready cluster, replicas first; before a
+//      primary goes, its most caught-up replica is promoted (switchover).
+//   7. Topology: pushed (PUT /internal/topology) to every node whose epoch is behind, with a new
 //      epoch whenever its content changes.
-//   7. Status (phase, conditions with observedGeneration, per-shard state, the operations in
+//   8. Status (phase, conditions with observedGeneration, per-shard state, the operations in
 //      progress) written only when it changed. Every step's progress lives in status, so an
 //      operator restart resumes where the last one stopped.
 //
@@ -90,6 +93,8 @@ class KVCacheReconciler {
   Status ReadPodsAndNodes(Pass& pass);
   void StepFailover(Pass& pass);
   void StepResharding(Pass& pass);
+  void StepRollout(Pass& pass);
+  bool TopologySettled(const Pass& pass) const;
   void StepTopology(Pass& pass);
   Status WriteStatus(Pass& pass);
   ReconcileResult Finalize(Pass& pass);

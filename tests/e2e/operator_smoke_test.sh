@@ -101,10 +101,37 @@ for i in $(seq 1 30); do
 done
 echo "ok   30 keys written and read through Service $ip:8080"
 
+# Failover: the primary of shard 0 crashes twice (the second restart waits in the kubelet's
+# back-off, longer than failover.timeoutSeconds) -> its replica is promoted, keys survive.
+k patch kvc demo --type=merge -p '{"spec":{"failover":{"timeoutSeconds":3}}}' >/dev/null
+t0=$(date +%s.%N)
+"$bin/localk8s" kill-pod --state-dir "$state" -n default demo-0-0 >/dev/null
+await 60 "demo-0-0 restarted" bash -c "[ \"\$('$bin/kubectl' get pod demo-0-0 -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -ge 1 ]"
+"$bin/localk8s" kill-pod --state-dir "$state" -n default demo-0-0 >/dev/null
+await 90 "shard 0 failed over" bash -c "[ \"\$('$bin/kubectl' get kvc demo -o jsonpath='{.status.shards[0].primary}')\" = demo-0-1 ]"
+echo "ok   shard 0 failed over to demo-0-1 $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5)s after the first kill (timeoutSeconds 3)"
+k wait --for=condition=Available --timeout=120s kvc/demo >/dev/null
+await 120 "6/6 ready after the old primary returned" bash -c "[ \"\$('$bin/kubectl' get kvc demo -o jsonpath='{.status.ready}')\" = 6/6 ]"
+for i in $(seq 1 30); do
+  got=$(curl -sf "http://$ip:8080/v1/key-$i") || { echo "FAIL: GET key-$i after failover" >&2; exit 1; }
+  [ "$got" = "value-$i" ] || { echo "FAIL: key-$i = $got after failover" >&2; exit 1; }
+done
+k get events --field-selector reason=PrimaryFailedOver -o name | grep -q . \
+  || { echo "FAIL: no PrimaryFailedOver event" >&2; exit 1; }
+echo "ok   30 keys intact after failover; old primary back as a replica (6/6); event recorded"
+
+# Replicas per shard 1 -> 2.
+k patch kvc demo --type=merge -p '{"spec":{"replicasPerShard":2}}' >/dev/null
+await 180 "9/9 ready" bash -c "[ \"\$('$bin/kubectl' get kvc demo -o jsonpath='{.status.ready}')\" = 9/9 ]"
+k wait --for=condition=Available --timeout=60s kvc/demo >/dev/null
+echo "ok   replicasPerShard 1 -> 2: 9/9 nodes ready"
+
 metrics=$(curl -sf "http://127.0.0.1:$port/metrics")
 grep -q '^kvcache_operator_reconcile_total{result="success"}\|^kvcache_operator_reconcile_total{result="requeue"}' <<<"$metrics" \
   || { echo "FAIL: no reconcile metrics" >&2; exit 1; }
 grep -q '^kvcache_operator_topology_pushes_total' <<<"$metrics" || { echo "FAIL: no push metric" >&2; exit 1; }
+grep -q '^kvcache_operator_failovers_total 1' <<<"$metrics" || { echo "FAIL: failovers_total is not 1" >&2; exit 1; }
+grep -q '^kvcache_operator_kvcache_available{.*name="demo".*} 1' <<<"$metrics" || { echo "FAIL: kvcache_available" >&2; exit 1; }
 echo "ok   operator metrics"
 
 # Converged: further reconciles write nothing (status, children, topology).

@@ -59,6 +59,11 @@ class World {
     for (Json sts : kube.Objects(kinds::kStatefulSet, "prod")) {
       int shard = std::stoi(sts["metadata"]["labels"]["kvcache.io/shard"].get<std::string>());
       int replicas = sts["spec"]["replicas"];
+      // The StatefulSet controller's revision of the template; OnDelete: a pod keeps the
+      // revision it was created with until it is deleted.
+      const std::string revision =
+          "rev-" + std::to_string(std::hash<std::string>()(sts["spec"]["template"].dump()) % 100000);
+      bool all_current = true;
       for (int ordinal = 0; ordinal < replicas; ++ordinal) {
         std::string name = sts["metadata"]["name"].get<std::string>() + "-" + std::to_string(ordinal);
         wanted.insert(name);
@@ -75,14 +80,23 @@ class World {
                       {"podIP", running ? Ip(shard, ordinal) : ""},
                       {"conditions", {{{"type", "Ready"}, {"status", ready ? "True" : "False"}}}}}}};
         auto live = kube.Peek(kinds::kPod, "prod", name);
-        if (!live || live->value("status", Json()) != pod["status"]) kube.Seed(kinds::kPod, pod);
+        std::string pod_revision =
+            live ? (*live)["metadata"]["labels"].value("controller-revision-hash", revision)
+                 : revision;
+        all_current = all_current && pod_revision == revision;
+        pod["metadata"]["labels"]["controller-revision-hash"] = pod_revision;
+        if (!live || live->value("status", Json()) != pod["status"] ||
+            (*live)["metadata"]["labels"] != pod["metadata"]["labels"]) {
+          kube.Seed(kinds::kPod, pod);
+        }
         if (!admin.HasNode(Addr(shard, ordinal))) admin.AddNode(Addr(shard, ordinal), name);
         admin.At(Addr(shard, ordinal)).reachable = running;
         admin.At(Addr(shard, ordinal)).status.ready = ready;
       }
       int64_t gen = sts["metadata"]["generation"];
       Json status = {{"observedGeneration", gen}, {"replicas", replicas},
-                     {"currentRevision", "r"}, {"updateRevision", "r"}};
+                     {"currentRevision", all_current ? revision : "old"},
+                     {"updateRevision", revision}};
       if (sts.value("status", Json()) != status) {
         sts["status"] = status;
         kube.Seed(kinds::kStatefulSet, sts);
@@ -562,6 +576,80 @@ TEST(KVCacheReconciler, OptionalChildrenFollowTheSpec) {
   w.PatchSpec({{"ingress", {{"enabled", false}}}});
   ASSERT_TRUE(w.Reconcile().status.ok());
   EXPECT_FALSE(w.kube.Peek(kinds::kIngress, "prod", "demo").has_value());
+}
+
+std::vector<std::string> DeletedPods(FakeKubeClient& kube) {
+  std::vector<std::string> out;
+  for (const auto& r : kube.Requests()) {
+    if (r.verb == Verb::kDelete && r.ref == kinds::kPod) out.push_back(r.name);
+  }
+  return out;
+}
+
+TEST(KVCacheReconciler, RollingUpdateRestartsReplicasFirstThenSwitchesOver) {
+  World w;
+  w.Create({{"shards", 1}, {"replicasPerShard", 2}});
+  w.RunPods();
+  w.Converge();
+  w.admin.At(World::Addr(0, 1)).status.applied_offset = 50;
+  w.admin.At(World::Addr(0, 2)).status.applied_offset = 40;
+  w.kube.ClearRequests();
+  w.PatchSpec({{"image", "kvcache/kvcache-node:0.2.0"}});
+  // The StatefulSet controller publishes the new revision; the next pass sees old pods.
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  w.RunPods();
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  EXPECT_EQ(w.Status()["phase"], "Upgrading");
+  w.RunPods();
+  w.Converge(40);
+  EXPECT_EQ(DeletedPods(w.kube), (std::vector<std::string>{"demo-0-2", "demo-0-1", "demo-0-0"}))
+      << "one at a time, replicas first, the old primary last";
+  ASSERT_EQ(w.admin.Promoted(), std::vector<std::string>{"demo-0-1"})
+      << "switchover to the most caught-up replica before the primary restarts";
+  EXPECT_TRUE(w.HasEvent("PrimarySwitchedOver"));
+  Json status = w.Status();
+  EXPECT_EQ(status["shards"][0]["primary"], "demo-0-1");
+  EXPECT_EQ(status["phase"], "Running");
+  for (const Json& pod : w.kube.Objects(kinds::kPod, "prod")) {
+    EXPECT_EQ(pod["metadata"]["labels"]["controller-revision-hash"],
+              (*w.kube.Peek(kinds::kStatefulSet, "prod", "demo-0"))["status"]["updateRevision"]);
+  }
+  // The new primary's topology reached every node.
+  EXPECT_EQ(w.admin.At(World::Addr(0, 0)).topology->shards[0].primary.name, "demo-0-1");
+}
+
+TEST(KVCacheReconciler, RollingUpdateWaitsForEveryNodeToBeReady) {
+  World w;
+  w.Create({{"shards", 2}, {"replicasPerShard", 1}});
+  w.RunPods();
+  w.Converge();
+  w.not_ready = {"demo-1-0"};
+  w.RunPods();
+  w.kube.ClearRequests();
+  w.PatchSpec({{"image", "kvcache/kvcache-node:0.2.0"}});
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(w.Reconcile().status.ok());
+    w.RunPods();
+  }
+  EXPECT_TRUE(DeletedPods(w.kube).empty()) << "no restart while a node is not ready";
+  w.not_ready.clear();
+  w.RunPods();
+  w.Converge(40);
+  EXPECT_EQ(DeletedPods(w.kube).size(), 4u);
+}
+
+TEST(KVCacheReconciler, RollingUpdateWithoutReplicasRestartsThePrimary) {
+  World w;
+  w.Create({{"shards", 1}, {"replicasPerShard", 0}});
+  w.RunPods();
+  w.Converge();
+  w.kube.ClearRequests();
+  w.PatchSpec({{"image", "kvcache/kvcache-node:0.2.0"}});
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  w.RunPods();
+  w.Converge(20);
+  EXPECT_EQ(DeletedPods(w.kube), std::vector<std::string>{"demo-0-0"});
+  EXPECT_TRUE(w.admin.Promoted().empty());
 }
 
 }  // namespace
