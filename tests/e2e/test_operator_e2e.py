@@ -1,0 +1,311 @@
+"""The operator end to end in localk8s: installed by its Helm chart (a pod with the chart's
+ServiceAccount and RBAC), real kvcache-node pods, clients through the Service's ClusterIP from
+the host. One cluster for the session (conftest.py); each test has its own namespace and
+KVCache.
+"""
+
+import http.client
+import threading
+import time
+
+import yaml
+
+from e2elib import SAMPLE, Cache, await_condition, checksum, is_available, log, summary
+
+
+def sample(**spec):
+    """crds/samples/kvcache-sample.yaml with spec fields replaced (dicts merged one level)."""
+    doc = yaml.safe_load(SAMPLE.read_text())
+    for key, value in spec.items():
+        if isinstance(value, dict) and isinstance(doc["spec"].get(key), dict):
+            doc["spec"][key] = {**doc["spec"][key], **value}
+        else:
+            doc["spec"][key] = value
+    return doc
+
+
+def apply(cluster, ns, doc):
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(doc))
+
+
+def get_kvc(cluster, ns, name="demo"):
+    return cluster.get_json("kvc", "-n", ns, name, check=False)
+
+
+def wait_available(cluster, ns, name="demo", timeout=300):
+    """Waits for Available=True at the current generation, logging the status every ~5 s;
+    returns (kvc, seconds waited)."""
+    t0 = time.monotonic()
+    kvc = await_condition(
+        f"KVCache {ns}/{name} Available",
+        lambda: (lambda k: k if k and is_available(k) else None)(get_kvc(cluster, ns, name)),
+        timeout=timeout, progress=lambda: summary(get_kvc(cluster, ns, name)))
+    return kvc, time.monotonic() - t0
+
+
+def service_ip(cluster, ns, name="demo"):
+    return cluster.get_json("svc", "-n", ns, name)["spec"]["clusterIP"]
+
+
+def test_create_available_put_get_list(cluster, namespace):
+    """The sample (3 shards x 1 replica) -> Available; keys through the ClusterIP land on
+    every shard, read back, and the cluster-wide listing returns exactly them."""
+    ns = namespace
+    t0 = time.monotonic()
+    apply(cluster, ns, sample())
+    kvc, _ = wait_available(cluster, ns)
+    log(f"FIGURE apply -> Available (3 shards x 1 replica): {time.monotonic() - t0:.1f}s")
+    st = kvc["status"]
+    assert st["phase"] == "Running", summary(kvc)
+    assert st["readyNodes"] == 6, summary(kvc)
+    assert len(st["shards"]) == 3
+    assert all(len(s["replicas"]) == 1 for s in st["shards"]), st["shards"]
+    assert cluster.get_json("sts", "-n", ns, "-l", "app.kubernetes.io/instance=demo")["items"]
+
+    cache = Cache(service_ip(cluster, ns))
+    keys = {f"user:{i}": f"value-{i}-" + "x" * (i % 50) for i in range(300)}
+    owners = set()
+    for key, value in keys.items():
+        status, body, resp = cache.put(key, value.encode())
+        assert status in (200, 201), f"PUT {key} -> {status} {body[:200]!r}"
+        owners.add(resp.getheader("X-KVCache-Owner"))
+    primaries = {s["primary"] for s in st["shards"]}
+    assert owners == primaries, f"writes owned by {owners}, primaries {primaries}"
+    for key, value in keys.items():
+        status, body, _ = cache.get(key)
+        assert (status, body) == (200, value.encode()), f"GET {key} -> {status} {body[:100]!r}"
+    assert sorted(cache.list_keys()) == sorted(keys)
+    assert sorted(cache.list_keys(prefix="user:1")) == sorted(k for k in keys
+                                                               if k.startswith("user:1"))
+    status, _, _ = cache.get("absent-key")
+    assert status == 404
+    log(f"ok: {len(keys)} keys through {cache.host}:8080 on {len(owners)} shards; listing exact")
+
+
+def wait_converged(cluster, ns, name="demo", timeout=300, check=None):
+    """Waits until the KVCache is Running, Available and not Progressing at its current
+    generation (and check(kvc) holds, when given); logs the status every ~5 s."""
+    def done():
+        kvc = get_kvc(cluster, ns, name)
+        if not kvc or not is_available(kvc):
+            return None
+        conds = {c["type"]: c for c in kvc["status"].get("conditions", [])}
+        if kvc["status"].get("phase") != "Running" or conds["Progressing"]["status"] != "False":
+            return None
+        return kvc if check is None or check(kvc) else None
+    t0 = time.monotonic()
+    kvc = await_condition(f"KVCache {ns}/{name} converged", done, timeout=timeout,
+                          progress=lambda: summary(get_kvc(cluster, ns, name)))
+    return kvc, time.monotonic() - t0
+
+
+def children_versions(cluster, ns, name="demo"):
+    """{kind/name: resourceVersion} of everything the operator made for the KVCache."""
+    out = {}
+    for kind in ("statefulsets", "services", "configmaps", "secrets", "poddisruptionbudgets"):
+        for item in cluster.get_json(kind, "-n", ns)["items"]:
+            owners = item["metadata"].get("ownerReferences", [])
+            if any(o["kind"] == "KVCache" and o["name"] == name for o in owners):
+                out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+    return out
+
+
+def test_converged_reconciles_make_zero_writes(cluster, namespace):
+    """After convergence, the periodic reconciles (resync 10 s) and reconciles triggered by an
+    unrelated change of the KVCache (an annotation) write nothing: no child, no status and no
+    Event changes over 30 s."""
+    ns = namespace
+    apply(cluster, ns, sample(shards=2, replicasPerShard=0))
+    wait_converged(cluster, ns)
+    # Let the last status write after convergence land, then take the baseline.
+    time.sleep(3)
+    before = children_versions(cluster, ns)
+    assert {"statefulsets/demo-0", "statefulsets/demo-1", "services/demo",
+            "services/demo-nodes", "configmaps/demo-config",
+            "secrets/demo-cluster-token"} <= set(before), before
+    events_before = len(cluster.get_json("events", "-n", ns)["items"])
+    reconciles = lambda: sum(v for k, v in cluster.operator_metrics().items()
+                             if k.startswith("kvcache_operator_reconcile_total"))
+    r0 = reconciles()
+    t_end = time.monotonic() + 30
+    bumps = 0
+    while time.monotonic() < t_end:
+        bumps += 1
+        cluster.kubectl("annotate", "kvc", "demo", "-n", ns, f"e2e/touch={bumps}", "--overwrite")
+        rv_after_touch = get_kvc(cluster, ns)["metadata"]["resourceVersion"]
+        time.sleep(10)
+        kvc = get_kvc(cluster, ns)
+        assert kvc["metadata"]["resourceVersion"] == rv_after_touch, \
+            f"the KVCache was written after the annotation: {summary(kvc)}"
+    after = children_versions(cluster, ns)
+    r1 = reconciles()
+    assert after == before, f"children written after convergence: " \
+        f"{ {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v} }"
+    assert len(cluster.get_json("events", "-n", ns)["items"]) == events_before
+    assert r1 - r0 >= 3, f"only {r1 - r0} reconciles in 30 s"
+    log(f"ok: {r1 - r0:.0f} reconciles in 30 s (3 triggered by annotations) made 0 writes to "
+        f"{len(before)} children, the KVCache status or Events")
+
+
+def test_delete_collects_children_and_honours_reclaim_policy(cluster, namespace):
+    """`kubectl delete kvc`: the garbage collector removes every child; the PVCs of a Keep
+    KVCache stay, those of a Delete one go (the operator's finalizer)."""
+    ns = namespace
+    for name, policy in (("keep", "Keep"), ("drop", "Delete")):
+        doc = sample(shards=1, replicasPerShard=0, storage={"reclaimPolicy": policy})
+        doc["metadata"]["name"] = name
+        apply(cluster, ns, doc)
+    for name in ("keep", "drop"):
+        wait_converged(cluster, ns, name)
+    pvcs = lambda inst: [p["metadata"]["name"] for p in cluster.get_json(
+        "pvc", "-n", ns, "-l", f"app.kubernetes.io/instance={inst}")["items"]]
+    assert pvcs("keep") and pvcs("drop"), (pvcs("keep"), pvcs("drop"))
+    kept = pvcs("keep")
+    t0 = time.monotonic()
+    cluster.kubectl("delete", "kvc", "keep", "drop", "-n", ns, "--wait=true", "--timeout=120s")
+
+    def collected():
+        left = []
+        for name in ("keep", "drop"):
+            left += children_versions(cluster, ns, name)
+        pods = cluster.get_json("pods", "-n", ns)["items"]
+        left += [f"pods/{p['metadata']['name']}" for p in pods]
+        return None if left else True
+    await_condition("children collected", lambda: collected(), timeout=180,
+                    progress=lambda: [p["metadata"]["name"] for p in
+                                      cluster.get_json("pods", "-n", ns)["items"]])
+    await_condition("PVCs of the Delete KVCache gone", lambda: not pvcs("drop"), timeout=120)
+    assert pvcs("keep") == kept, "the Keep KVCache's PVCs were deleted"
+    log(f"ok: children collected in {time.monotonic() - t0:.1f}s; PVC {kept} kept, "
+        f"the Delete policy's PVC deleted")
+
+
+def write_keys(cache, n, prefix="k", size=64):
+    keys = {}
+    for i in range(n):
+        key = f"{prefix}:{i}"
+        value = (f"{key}-" * (size // len(key) + 1))[:size].encode()
+        cache.put_retrying(key, value)
+        keys[key] = value
+    return keys
+
+
+def scale(cluster, ns, shards, n_keys, cache, digest, keys):
+    t0 = time.monotonic()
+    cluster.kubectl("patch", "kvc", "demo", "-n", ns, "--type=merge",
+                    "-p", f'{{"spec":{{"shards":{shards}}}}}')
+    kvc, _ = wait_converged(
+        cluster, ns, timeout=600,
+        check=lambda k: len(k["status"]["shards"]) == shards and "resharding" not in k["status"])
+    took = time.monotonic() - t0
+    slots = sorted(tuple(r) for s in kvc["status"]["shards"] for r in s["slots"])
+    covered = sum(hi - lo + 1 for lo, hi in slots)
+    assert covered == 16384, f"slots cover {covered}: {slots}"
+    sts = [s["metadata"]["name"] for s in cluster.get_json(
+        "sts", "-n", ns, "-l", "app.kubernetes.io/instance=demo")["items"]]
+    await_condition(f"{shards} StatefulSets", lambda: len(cluster.get_json(
+        "sts", "-n", ns, "-l", "app.kubernetes.io/instance=demo")["items"]) == shards,
+        timeout=120)
+    assert checksum(cache, keys) == digest, f"checksum changed after scaling to {shards}"
+    assert sorted(cache.list_keys()) == sorted(keys)
+    owners = {cache.get(k)[2].getheader("X-KVCache-Owner") for k in list(keys)[:400]}
+    assert len(owners) == shards, f"keys owned by {owners} after scaling to {shards}"
+    log(f"FIGURE reshard -> {shards} shards with {n_keys} keys: {took:.1f}s "
+        f"({took * 100000 / n_keys:.0f}s per 100k keys, including pod start); sts {sts}")
+    return took
+
+
+def test_scale_shards_keeps_every_key(cluster, namespace):
+    """spec.shards 3 -> 4 -> 2 moves slots while the checksum of every key stays the same,
+    the listing stays exact and every shard owns keys."""
+    ns = namespace
+    apply(cluster, ns, sample(replicasPerShard=0))
+    wait_converged(cluster, ns)
+    cache = Cache(service_ip(cluster, ns))
+    n = 3000
+    t0 = time.monotonic()
+    keys = write_keys(cache, n)
+    log(f"wrote {n} keys in {time.monotonic() - t0:.1f}s")
+    digest = checksum(cache, keys)
+    scale(cluster, ns, 4, n, cache, digest, keys)
+    scale(cluster, ns, 2, n, cache, digest, keys)
+
+
+class Writer(threading.Thread):
+    """PUTs w:<n> = <n> in a loop through the Service; remembers which writes were
+    acknowledged (200/201). A 503, an error or a timeout is not an acknowledgement."""
+
+    def __init__(self, host):
+        super().__init__(daemon=True)
+        self.cache = Cache(host, timeout=5)
+        self.acked, self.refused, self.errors = {}, 0, 0
+        self.stop = threading.Event()
+
+    def run(self):
+        n = 0
+        while not self.stop.is_set():
+            key, value = f"w:{n}", str(n).encode()
+            n += 1
+            try:
+                status, _, _ = self.cache.put(key, value)
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                time.sleep(0.05)
+                continue
+            if status in (200, 201):
+                self.acked[key] = value
+            else:
+                self.refused += 1
+                time.sleep(0.05)
+
+
+def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(cluster, namespace):
+    """replication sync, 2 shards x 1 replica; a writer runs throughout. The primary of shard
+    0 is SIGKILLed twice (the second restart waits out the kubelet's 10 s back-off, longer than
+    failover.timeoutSeconds 3): its replica is promoted, the old primary returns as a replica,
+    and every acknowledged write reads back."""
+    ns = namespace
+    apply(cluster, ns, sample(shards=2, replication={"mode": "sync"},
+                              failover={"timeoutSeconds": 3}))
+    kvc, _ = wait_converged(cluster, ns)
+    old = kvc["status"]["shards"][0]["primary"]
+    replica = kvc["status"]["shards"][0]["replicas"][0]
+    writer = Writer(service_ip(cluster, ns))
+    writer.start()
+    await_condition("writes acknowledged", lambda: len(writer.acked) >= 200, timeout=60)
+
+    def restarts():
+        pod = cluster.get_json("pod", "-n", ns, old)
+        return sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
+    cluster.kill_pod(ns, old)
+    await_condition(f"{old} restarted", lambda: restarts() >= 1, timeout=60)
+    t_kill = time.monotonic()
+    cluster.kill_pod(ns, old)
+    acked_at_kill = len(writer.acked)
+
+    def promoted():
+        k = get_kvc(cluster, ns)
+        return k["status"]["shards"][0]["primary"] == replica
+    await_condition(f"{replica} promoted", promoted, timeout=90,
+                    progress=lambda: summary(get_kvc(cluster, ns)))
+    t_promoted = time.monotonic() - t_kill
+    await_condition("writes acknowledged after the failover",
+                    lambda: len(writer.acked) >= acked_at_kill + 200, timeout=60)
+    kvc, _ = wait_converged(cluster, ns, timeout=180,
+                            check=lambda k: k["status"].get("readyNodes") == 4)
+    assert old in kvc["status"]["shards"][0]["replicas"], kvc["status"]["shards"]
+    writer.stop.set()
+    writer.join(timeout=30)
+    log(f"FIGURE failover after a primary SIGKILL (sync, timeoutSeconds 3): new primary in "
+        f"status {t_promoted:.1f}s after the kill that kept it down")
+    log(f"writer: {len(writer.acked)} acknowledged, {writer.refused} refused (503), "
+        f"{writer.errors} connection errors")
+    cache = Cache(service_ip(cluster, ns))
+    lost = []
+    for key, value in writer.acked.items():
+        status, body = cache.get_retrying(key)
+        if (status, body) != (200, value):
+            lost.append((key, status, body[:40]))
+    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    events = [e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]]
+    assert "PrimaryFailedOver" in events, sorted(set(events))
