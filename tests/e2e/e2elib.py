@@ -36,8 +36,8 @@ def log(msg):
 def run(args, check=True, input=None, timeout=300, env=None):
     """Runs a command; returns CompletedProcess (text). Raises AssertionError with both streams
     when check and the exit code is not 0."""
-    proc = subprocess.run([str(a) for a in args], input=input, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run([str(a) for a in args], input=input, capture_output=True,
+                          encoding="utf-8", errors="backslashreplace", timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
@@ -155,7 +155,7 @@ class LocalK8s:
 
     def operator_metrics(self):
         """{metric line name+labels: value} from the operator's metrics Service (ClusterIP)."""
-        svc = self.get_json("svc", "-n", OPERATOR_NS, RELEASE)
+        svc = self.get_json("svc", "-n", OPERATOR_NS, RELEASE + "-metrics")
         ip, port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"]
         conn = http.client.HTTPConnection(ip, port, timeout=10)
         try:

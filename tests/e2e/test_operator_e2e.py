@@ -8,6 +8,7 @@ import http.client
 import threading
 import time
 
+import pytest
 import yaml
 
 from e2elib import SAMPLE, Cache, await_condition, checksum, is_available, log, summary
@@ -82,11 +83,14 @@ def test_create_available_put_get_list(cluster, namespace):
     log(f"ok: {len(keys)} keys through {cache.host}:8080 on {len(owners)} shards; listing exact")
 
 
-def wait_converged(cluster, ns, name="demo", timeout=300, check=None):
+def wait_converged(cluster, ns, name="demo", timeout=300, check=None, watch=None):
     """Waits until the KVCache is Running, Available and not Progressing at its current
-    generation (and check(kvc) holds, when given); logs the status every ~5 s."""
+    generation (and check(kvc) holds, when given; watch(kvc) sees every poll and may skip or
+    fail the test); logs the status every ~5 s."""
     def done():
         kvc = get_kvc(cluster, ns, name)
+        if kvc and watch:
+            watch(kvc)
         if not kvc or not is_available(kvc):
             return None
         conds = {c["type"]: c for c in kvc["status"].get("conditions", [])}
@@ -190,17 +194,30 @@ def write_keys(cache, n, prefix="k", size=64):
     return keys
 
 
+def no_migration_api(kvc):
+    """Skips the test when the nodes do not serve /internal/migrations yet (the node's slot
+    migration is another branch's work); any other migration failure keeps being waited on."""
+    for c in (kvc.get("status") or {}).get("conditions", []):
+        if c.get("reason") == "MigrationFailed" and "no such admin route" in c.get("message", ""):
+            pytest.skip("kvcache-node does not serve /internal/migrations yet: " + c["message"])
+    return False
+
+
 def scale(cluster, ns, shards, n_keys, cache, digest, keys):
     t0 = time.monotonic()
     cluster.kubectl("patch", "kvc", "demo", "-n", ns, "--type=merge",
                     "-p", f'{{"spec":{{"shards":{shards}}}}}')
     kvc, _ = wait_converged(
         cluster, ns, timeout=600,
+        watch=no_migration_api,
         check=lambda k: len(k["status"]["shards"]) == shards and "resharding" not in k["status"])
     took = time.monotonic() - t0
-    slots = sorted(tuple(r) for s in kvc["status"]["shards"] for r in s["slots"])
-    covered = sum(hi - lo + 1 for lo, hi in slots)
-    assert covered == 16384, f"slots cover {covered}: {slots}"
+    covered = set()
+    for shard in kvc["status"]["shards"]:  # slots: "a-b,c,d-e"
+        for part in filter(None, shard["slots"].replace(" ", "").split(",")):
+            lo, _, hi = part.partition("-")
+            covered |= set(range(int(lo), int(hi or lo) + 1))
+    assert covered == set(range(16384)), f"slots cover {len(covered)}: {kvc['status']['shards']}"
     sts = [s["metadata"]["name"] for s in cluster.get_json(
         "sts", "-n", ns, "-l", "app.kubernetes.io/instance=demo")["items"]]
     await_condition(f"{shards} StatefulSets", lambda: len(cluster.get_json(
@@ -309,3 +326,19 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(cluster, 
     assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
     events = [e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]]
     assert "PrimaryFailedOver" in events, sorted(set(events))
+
+
+@pytest.mark.slow
+def test_reshard_time_per_100k_keys(cluster, namespace):
+    """Figure for the report: 100k keys of 64 bytes, spec.shards 3 -> 4 (one quarter of the
+    slots move). Slow: writing and checksumming 100k keys through one connection."""
+    ns = namespace
+    apply(cluster, ns, sample(replicasPerShard=0))
+    wait_converged(cluster, ns)
+    cache = Cache(service_ip(cluster, ns))
+    n = 100000
+    t0 = time.monotonic()
+    keys = write_keys(cache, n)
+    log(f"wrote {n} keys in {time.monotonic() - t0:.1f}s")
+    digest = checksum(cache, keys)
+    scale(cluster, ns, 4, n, cache, digest, keys)
