@@ -428,13 +428,21 @@ class RequestHandler : public Http::Handler {
     }
     auto answer = Deferred(peer, framing, api_req.method, started);
     std::string owner(out.owner);
+    const int not_found_code = out.forward_not_found_code;
     forwarder_->Forward(
         out.forward_to->addr, std::move(request),
-        [answer, owner](StatusOr<ForwardResponse> got) {
+        [answer, owner, not_found_code](StatusOr<ForwardResponse> got) {
           if (!got.ok()) {
             ApiResponse failed = JsonFailure(got.status(), "");
             failed.extra_headers.emplace_back("X-KVCache-Owner", owner);
             answer(std::move(failed));
+            return;
+          }
+          if (not_found_code != 0 && got->code == 404) {
+            ApiResponse done;
+            done.code = not_found_code;
+            done.extra_headers.emplace_back("X-KVCache-Owner", owner);
+            answer(std::move(done));
             return;
           }
           ApiResponse relayed;
