@@ -360,6 +360,7 @@ Status Migrations::SendKeys(const std::vector<std::string>& keys) {
     }
     result = PostWithRetry(batch);
     if (!result.ok()) break;
+    if (options_.on_acknowledged) options_.on_acknowledged(batch);
     for (size_t i = first; i < next; ++i) {
       Status deleted = store_.DeleteIfUnchanged(copies[i].key, copies[i].got.etag,
                                                 copies[i].got.expire_at_ms);

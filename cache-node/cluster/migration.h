@@ -65,6 +65,9 @@ struct MigrationOptions {
   uint64_t max_keys_per_second = 0;  // 0: as fast as the target acknowledges
   std::chrono::milliseconds give_up_after{60'000};
   std::chrono::milliseconds heartbeat{1'000};
+  // Test seam: called on the worker thread once the target acknowledged a batch, before its
+  // keys are removed here.
+  std::function<void(const ImportBatch&)> on_acknowledged;
 };
 
 class Migrations {

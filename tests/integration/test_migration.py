@@ -206,7 +206,8 @@ def split_third(lo, hi):
 
 
 def test_a_third_of_the_slots_move_to_a_new_shard_under_load(make_cluster):
-    c = make_cluster(100, ("--migration-batch-keys", "200"))
+    # Paced, so the move takes a few seconds of concurrent client traffic.
+    c = make_cluster(100, ("--migration-batch-keys", "20", "--migration-max-keys-per-second", "100"))
     bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
     first = c.topology(1, [[b] for b in bounds])
     for i in range(3):
@@ -258,6 +259,7 @@ def test_a_third_of_the_slots_move_to_a_new_shard_under_load(make_cluster):
     for t in clients:
         assert not t.errors, t.errors[:5]
         assert t.ops > 50, t.ops
+    print("client ops", [t.ops for t in clients], "moved", moved)
 
     expected = dict(data)
     for t in clients:
