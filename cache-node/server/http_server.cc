@@ -296,7 +296,7 @@ class RequestHandler : public Http::Handler {
 
   // Returns a callable that answers this request later, from any thread. On the worker
   // thread (the answer came at once) it writes as usual. From another thread (the journal's
-  // flusher, cpprestsdk) it must not go through Pistache: Peer::send queues by fd number, and
+  // flusher, the forwarder) it must not go through Pistache: Peer::send queues by fd number, and
   // if the client disconnects and a new connection gets the same number before the queue is
   // drained, the answer would reach the wrong client. So the callable holds its own dup() of
   // this connection's socket, taken now while the fd surely is this connection's, and writes
