@@ -103,6 +103,9 @@ class Migrations {
     const Route* route = route_.load(std::memory_order_acquire);
     return route != nullptr && route->slots.Contains(slot) ? &route->target : nullptr;
   }
+  // True while any slot is routed as migrating (streaming, done, or failed with keys on both
+  // sides); a cheap check before MigratingTo().
+  bool routing_active() const { return route_.load(std::memory_order_acquire) != nullptr; }
   // DELETE of a key of a migrating slot, at the source. Returns Unavailable while the key is
   // in a batch on its way to the target, NotFound if absent here.
   Status DeleteLocal(std::string_view key, uint64_t* seq);

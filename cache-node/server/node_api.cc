@@ -181,7 +181,7 @@ ApiResponse NodeApi::HandleKey(const ApiRequest& req, std::string_view raw_key) 
         return r;
       }
       owner = route.owner->name;
-      if (migrations_ != nullptr && migrations_->active()) {
+      if (migrations_ != nullptr && migrations_->routing_active()) {
         if (const protocol::Member* target = migrations_->MigratingTo(protocol::KeySlot(*key))) {
           ApiResponse r = HandleMigratingKey(req, *key, *target);
           r.owner = owner;

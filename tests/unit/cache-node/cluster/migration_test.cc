@@ -104,7 +104,7 @@ class MigrationTest : public ::testing::Test {
   }
 
   SystemClock clock_;
-  Forwarder forwarder_{std::chrono::milliseconds(5000)};
+  Forwarder forwarder_{std::chrono::milliseconds(500)};
   Store source_store_{StoreOptions{}, clock_};
   Store target_store_{StoreOptions{}, clock_};
   ClusterView source_view_{"a"};
@@ -216,6 +216,35 @@ TEST_F(MigrationTest, TargetServesForwardedKeysOnlyWhileRegistered) {
   EXPECT_EQ(target_api_->Handle(hop).code, 404);  // served here: the key does not exist
   // Slots the target does not import are still refused.
   EXPECT_FALSE(target_migrations_->Importing(9000));
+}
+
+TEST_F(MigrationTest, AFailedMigrationKeepsRoutingAndResumesOnlyAsItWas) {
+  std::vector<std::string> keys = MovingKeys(25);
+  MigrationOptions options;
+  options.give_up_after = std::chrono::milliseconds(200);
+  // The target goes away after the first batch (10 keys).
+  options.on_acknowledged = [&](const ImportBatch&) { target_server_->Shutdown(); };
+  StartSource(std::move(options));
+  for (const std::string& key : keys) Put(source_store_, key, "v");
+  ASSERT_TRUE(source_migrations_->Start(Request()).ok());
+  AwaitState(State::kFailed);
+  EXPECT_NE(source_migrations_->status().error.find("unreachable"), std::string::npos)
+      << source_migrations_->status().error;
+  EXPECT_FALSE(source_migrations_->active());
+  EXPECT_EQ(source_migrations_->status().keys_moved, 10u);
+  // Keys already at the target are still looked for there.
+  int forwarded = 0;
+  for (const std::string& key : keys) {
+    if (SourceCall(HttpMethod::kGet, key).forward_to != nullptr) ++forwarded;
+  }
+  EXPECT_EQ(forwarded, 10);
+  protocol::MigrationRequest other = Request();
+  other.slots = {{0, 100}};
+  EXPECT_EQ(source_migrations_->Start(other).status().code(), StatusCode::kConflict);
+  StatusOr<protocol::MigrationStatus> resumed = source_migrations_->Start(Request());
+  ASSERT_TRUE(resumed.ok()) << resumed.status().message();
+  EXPECT_EQ(resumed->state, State::kStreaming);
+  EXPECT_EQ(resumed->keys_moved, 10u);
 }
 
 TEST_F(MigrationTest, RefusesBadRequests) {
