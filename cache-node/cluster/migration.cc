@@ -381,6 +381,12 @@ Status Migrations::SendKeys(const std::vector<std::string>& keys) {
   {
     std::lock_guard lock(mu_);
     record_->status.keys_moved += outcome.moved;
+    // The count survives a restart too, give or take the last second.
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_saved_ >= std::chrono::seconds(1)) {
+      last_saved_ = now;
+      if (Status st = SaveLocked(); !st.ok()) log_("Cannot save migration state: " + st.message());
+    }
   }
   return result;
 }

@@ -172,6 +172,7 @@ class Migrations {
   SlotSet slots_;
   std::string source_name_;
   std::thread worker_;
+  std::chrono::steady_clock::time_point last_saved_;
   bool stop_ = false;
   std::condition_variable cv_;
 

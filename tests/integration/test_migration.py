@@ -288,8 +288,9 @@ def test_a_third_of_the_slots_move_to_a_new_shard_under_load(make_cluster):
 
 
 def test_a_migration_survives_a_source_restart(make_cluster):
+    # Paced (a 500-key burst, then 500 keys/s) so the kill lands mid-stream.
     c = make_cluster(120, ("--migration-batch-keys", "100",
-                           "--migration-max-keys-per-second", "1500"))
+                           "--migration-max-keys-per-second", "500"))
     first = c.topology(1, [[(0, 16383)], []])
     c.start(0, first)
     c.start(1, first)
@@ -308,7 +309,7 @@ def test_a_migration_survives_a_source_restart(make_cluster):
     c.nodes[0].proc.wait()
     c.start(0, first)
     status = c.migration(0)
-    assert status["state"] in ("streaming", "done"), status
+    assert status["state"] == "streaming" and status["keysMoved"] >= 300, status
     # Keys already at the target are found through the source at once.
     with requests.Session() as s:
         for k in list(data)[:300]:
