@@ -3,9 +3,6 @@
 #include <sched.h>
 
 #include <atomic>
-#include <optional>
-#include <thread>
-
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -17,6 +14,8 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+#include <optional>
+#include <thread>
 
 namespace kvcache::node {
 
@@ -28,7 +27,7 @@ using tcp = asio::ip::tcp;
 namespace {
 
 // Headers of the owner's answer that mean something to the client.
-constexpr const char* kPassedBack[] = {"Content-Type", "ETag", "Allow", "Retry-After",
+constexpr const char* kPassedBack[] = {"Content-Type",     "ETag",           "Allow", "Retry-After",
                                        "WWW-Authenticate", "X-KVCache-Owner"};
 
 // Idle connections kept per peer; more are opened under load and closed when returned.
@@ -109,19 +108,19 @@ struct Forwarder::Exchange : std::enable_shared_from_this<Exchange> {
       return;
     }
     auto resolver = std::make_shared<tcp::resolver>(conn->stream.get_executor());
-    resolver->async_resolve(
-        peer->host, peer->port,
-        [self = shared_from_this(), resolver](beast::error_code ec,
-                                              tcp::resolver::results_type results) {
-          if (ec) return self->Fail(ec, "cannot resolve");
-          self->conn->stream.async_connect(
-              results, [self](beast::error_code connect_ec, const tcp::endpoint&) {
-                if (connect_ec) return self->Fail(connect_ec, "unreachable");
-                self->conn->connected = true;
-                self->conn->stream.socket().set_option(tcp::no_delay(true));
-                self->Write();
-              });
-        });
+    resolver->async_resolve(peer->host, peer->port,
+                            [self = shared_from_this(), resolver](
+                                beast::error_code ec, tcp::resolver::results_type results) {
+                              if (ec) return self->Fail(ec, "cannot resolve");
+                              self->conn->stream.async_connect(
+                                  results,
+                                  [self](beast::error_code connect_ec, const tcp::endpoint&) {
+                                    if (connect_ec) return self->Fail(connect_ec, "unreachable");
+                                    self->conn->connected = true;
+                                    self->conn->stream.socket().set_option(tcp::no_delay(true));
+                                    self->Write();
+                                  });
+                            });
   }
 
   void Write() {

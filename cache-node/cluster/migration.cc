@@ -58,9 +58,8 @@ Status Migrations::Load() {
     // Some keys may be at the target already: route as during the migration from the start.
     PublishRoute(record_->request);
     SetActive(record_->status.state != State::kFailed);
-    log_("Loaded migration slots=" + slots_.Describe() + " target=" +
-         record_->request.target.name + " state=" +
-         protocol::EncodeMigrationStatus(record_->status));
+    log_("Loaded migration slots=" + slots_.Describe() + " target=" + record_->request.target.name +
+         " state=" + protocol::EncodeMigrationStatus(record_->status));
   }
   return Status::Ok();
 }
@@ -107,17 +106,17 @@ StatusOr<MigrationStatus> Migrations::Start(const protocol::MigrationRequest& re
   if (record_ && !record_->finished) {
     const MigrationStatus& now = record_->status;
     const std::string what = "the migration of slots " +
-                             SlotSet::FromRanges(record_->request.slots).Describe() +
-                             " to shard " + std::to_string(now.target_shard);
+                             SlotSet::FromRanges(record_->request.slots).Describe() + " to shard " +
+                             std::to_string(now.target_shard);
     if (now.state == State::kStreaming) return ConflictError(what + " is still running");
     if (now.state == State::kDone) {
       return ConflictError(what + " is done and waits for the topology in which shard " +
                            std::to_string(now.target_shard) + " owns them");
     }
-    if (now.state == State::kFailed &&
-        (SlotSet::FromRanges(record_->request.slots) != wanted ||
-         record_->request.target_shard != request.target_shard)) {
-      return ConflictError(what + " failed with keys on both sides: resume it by sending the "
+    if (now.state == State::kFailed && (SlotSet::FromRanges(record_->request.slots) != wanted ||
+                                        record_->request.target_shard != request.target_shard)) {
+      return ConflictError(what +
+                           " failed with keys on both sides: resume it by sending the "
                            "same request again");
     }
   }
@@ -145,8 +144,8 @@ StatusOr<MigrationStatus> Migrations::Start(const protocol::MigrationRequest& re
   source_name_ = cluster_.self_name();
   stop_ = false;
   SetActive(true);
-  log_("Started migration slots=" + wanted.Describe() + " target_shard=" +
-       std::to_string(request.target_shard) + " target=" + target_primary.name +
+  log_("Started migration slots=" + wanted.Describe() +
+       " target_shard=" + std::to_string(request.target_shard) + " target=" + target_primary.name +
        (resuming ? " (resumed)" : ""));
   worker_ = std::thread([this] { Run(); });
   return record_->status;
@@ -268,7 +267,8 @@ void Migrations::Run() {
         record_->status.state = State::kDone;
         record_->status.keys_remaining = 0;
         keys_remaining_.store(0, std::memory_order_relaxed);
-        if (Status st = SaveLocked(); !st.ok()) log_("Cannot save migration state: " + st.message());
+        if (Status st = SaveLocked(); !st.ok())
+          log_("Cannot save migration state: " + st.message());
         log_("Migration done slots=" + slots_.Describe() + " target=" + request.target.name +
              " keys_moved=" + std::to_string(record_->status.keys_moved) +
              ": push the topology in which shard " + std::to_string(request.target_shard) +
@@ -293,22 +293,22 @@ StatusOr<uint64_t> Migrations::StreamPass() {
   // Estimate first, for keys_remaining: one cheap pass over the keys.
   uint64_t total = 0;
   for (size_t shard = 0; shard < store_.shard_count(); ++shard) {
-    store_.VisitShard(shard, [&](std::string_view key, std::string_view, std::string_view,
-                                 int64_t) {
-      if (slots_.Contains(protocol::KeySlot(key))) ++total;
-    });
+    store_.VisitShard(shard,
+                      [&](std::string_view key, std::string_view, std::string_view, int64_t) {
+                        if (slots_.Contains(protocol::KeySlot(key))) ++total;
+                      });
   }
   keys_remaining_.store(total, std::memory_order_relaxed);
   uint64_t found = 0;
   RatePacer pacer(options_.max_keys_per_second);
   std::vector<std::string> pending;
   for (size_t shard = 0; shard < store_.shard_count(); ++shard) {
-    store_.VisitShard(shard, [&](std::string_view key, std::string_view, std::string_view,
-                                 int64_t) {
-      if (slots_.Contains(protocol::KeySlot(key))) pending.emplace_back(key);
-    });
-    while (pending.size() >= options_.batch_keys || (shard + 1 == store_.shard_count() &&
-                                                      !pending.empty())) {
+    store_.VisitShard(shard,
+                      [&](std::string_view key, std::string_view, std::string_view, int64_t) {
+                        if (slots_.Contains(protocol::KeySlot(key))) pending.emplace_back(key);
+                      });
+    while (pending.size() >= options_.batch_keys ||
+           (shard + 1 == store_.shard_count() && !pending.empty())) {
       const size_t n = std::min(pending.size(), options_.batch_keys);
       std::vector<std::string> batch(std::make_move_iterator(pending.begin()),
                                      std::make_move_iterator(pending.begin() + n));
@@ -362,8 +362,8 @@ Status Migrations::SendKeys(const std::vector<std::string>& keys) {
     if (!result.ok()) break;
     if (options_.on_acknowledged) options_.on_acknowledged(batch);
     for (size_t i = first; i < next; ++i) {
-      Status deleted = store_.DeleteIfUnchanged(copies[i].key, copies[i].got.etag,
-                                                copies[i].got.expire_at_ms);
+      Status deleted =
+          store_.DeleteIfUnchanged(copies[i].key, copies[i].got.etag, copies[i].got.expire_at_ms);
       if (!outcome.Count(deleted)) {
         result = Status(deleted.code(), "cannot delete a moved key here: " + deleted.message());
         break;
@@ -420,18 +420,17 @@ Status Migrations::PostImport(const ImportBatch& batch) {
   }
   std::promise<Status> done;
   std::future<Status> result = done.get_future();
-  forwarder_.Forward(target.addr, std::move(request),
-                     [&done, &target](StatusOr<ForwardResponse> got) {
-                       if (!got.ok()) {
-                         done.set_value(got.status());
-                       } else if (got->code != 200) {
-                         done.set_value(UnavailableError("target " + target.name + " answered " +
-                                                         std::to_string(got->code) + ": " +
-                                                         got->body));
-                       } else {
-                         done.set_value(Status::Ok());
-                       }
-                     });
+  forwarder_.Forward(
+      target.addr, std::move(request), [&done, &target](StatusOr<ForwardResponse> got) {
+        if (!got.ok()) {
+          done.set_value(got.status());
+        } else if (got->code != 200) {
+          done.set_value(UnavailableError("target " + target.name + " answered " +
+                                          std::to_string(got->code) + ": " + got->body));
+        } else {
+          done.set_value(Status::Ok());
+        }
+      });
   return result.get();
 }
 
@@ -440,10 +439,10 @@ void Migrations::FinishAfterFlip() {
   // the target is the owner now.
   std::vector<std::string> strays;
   for (size_t shard = 0; shard < store_.shard_count(); ++shard) {
-    store_.VisitShard(shard, [&](std::string_view key, std::string_view, std::string_view,
-                                 int64_t) {
-      if (slots_.Contains(protocol::KeySlot(key))) strays.emplace_back(key);
-    });
+    store_.VisitShard(shard,
+                      [&](std::string_view key, std::string_view, std::string_view, int64_t) {
+                        if (slots_.Contains(protocol::KeySlot(key))) strays.emplace_back(key);
+                      });
   }
   for (const std::string& k : strays) (void)store_.Delete(k);
   std::lock_guard lock(mu_);
@@ -451,8 +450,8 @@ void Migrations::FinishAfterFlip() {
   route_.store(nullptr, std::memory_order_release);
   SetActive(false);
   if (Status st = SaveLocked(); !st.ok()) log_("Cannot save migration state: " + st.message());
-  log_("Migration finished slots=" + slots_.Describe() + " target=" +
-       record_->request.target.name + " keys_moved=" + std::to_string(record_->status.keys_moved) +
+  log_("Migration finished slots=" + slots_.Describe() + " target=" + record_->request.target.name +
+       " keys_moved=" + std::to_string(record_->status.keys_moved) +
        " stray_keys_deleted=" + std::to_string(strays.size()));
 }
 
@@ -470,9 +469,9 @@ StatusOr<uint64_t> Migrations::Import(std::string_view body) {
   SlotSet foreign = slots.Minus(SlotSet::OwnedBy(routing->owners, routing->self_shard));
   if (source_index >= 0) foreign = foreign.Minus(SlotSet::OwnedBy(routing->owners, source_index));
   if (!foreign.empty()) {
-    return ConflictError("slots " + foreign.Describe() + " are owned neither by this shard nor by " +
-                         batch->source + "'s in topology epoch " +
-                         std::to_string(routing->topology.epoch));
+    return ConflictError("slots " + foreign.Describe() +
+                         " are owned neither by this shard nor by " + batch->source +
+                         "'s in topology epoch " + std::to_string(routing->topology.epoch));
   }
   for (const ImportEntry& e : batch->entries) {
     if (!slots.Contains(protocol::KeySlot(e.key))) {

@@ -61,7 +61,7 @@ struct MigrationOptions {
   // Sent to the target on imports.
   std::optional<std::string> cluster_token;
   size_t batch_keys = 1000;
-  size_t batch_bytes = 512 << 10;  // a batch holds at least one key whatever its size
+  size_t batch_bytes = 512 << 10;    // a batch holds at least one key whatever its size
   uint64_t max_keys_per_second = 0;  // 0: as fast as the target acknowledges
   std::chrono::milliseconds give_up_after{60'000};
   std::chrono::milliseconds heartbeat{1'000};

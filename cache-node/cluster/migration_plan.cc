@@ -1,9 +1,8 @@
 #include "cluster/migration_plan.h"
 
 #include <cstring>
-#include <stdexcept>
-
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 
 namespace kvcache::node {
 namespace {

@@ -84,9 +84,9 @@ StatusOr<MigrationRecord> ParseMigrationRecord(std::string_view json);
 
 // The result of removing a batch's keys at the source after the target acknowledged them.
 struct BatchOutcome {
-  uint64_t moved = 0;    // deleted here: the target holds the same version
-  uint64_t changed = 0;  // written meanwhile: stays here and goes in a later batch
-  uint64_t vanished = 0; // expired or evicted meanwhile
+  uint64_t moved = 0;     // deleted here: the target holds the same version
+  uint64_t changed = 0;   // written meanwhile: stays here and goes in a later batch
+  uint64_t vanished = 0;  // expired or evicted meanwhile
   // Counts one DeleteIfUnchanged() result; returns false for an unexpected error.
   bool Count(const Status& delete_result);
 };

@@ -39,9 +39,10 @@ TEST(SlotSet, DescribeStopsAfterManyRanges) {
 TEST(ImportBatch, RoundTripsBinaryEntries) {
   const std::string binary_key("k\0\xff", 3);
   const std::string value(70000, '\0');
-  ImportBatch batch{"demo-0", {{0, 99}, {200, 300}},
-                    {{binary_key, value, "application/json", 1700000000123},
-                     {"plain", "v", "", 0}}};
+  ImportBatch batch{
+      "demo-0",
+      {{0, 99}, {200, 300}},
+      {{binary_key, value, "application/json", 1700000000123}, {"plain", "v", "", 0}}};
   const std::string wire = EncodeImportBatch(batch);
   StatusOr<ImportBatch> back = DecodeImportBatch(wire);
   ASSERT_TRUE(back.ok()) << back.status().message();
@@ -54,8 +55,8 @@ TEST(ImportBatch, RoundTripsBinaryEntries) {
   EXPECT_EQ(back->entries[0].expire_at_ms, 1700000000123);
   EXPECT_EQ(back->entries[1].key, "plain");
   EXPECT_EQ(back->entries[1].expire_at_ms, 0);
-  size_t expected = wire.size() - EncodedEntrySize(batch.entries[0]) -
-                    EncodedEntrySize(batch.entries[1]);
+  size_t expected =
+      wire.size() - EncodedEntrySize(batch.entries[0]) - EncodedEntrySize(batch.entries[1]);
   EXPECT_EQ(expected, EncodeImportBatch({"demo-0", batch.slots, {}}).size());
 }
 

@@ -22,8 +22,8 @@ class MigrationTest : public ::testing::Test {
   void SetUp() override {
     ApiOptions api_options;
     api_options.cluster_token = kToken;
-    target_api_ = std::make_unique<NodeApi>(target_store_, clock_, api_options,
-                                            [] { return true; }, [] { return ""; });
+    target_api_ = std::make_unique<NodeApi>(
+        target_store_, clock_, api_options, [] { return true; }, [] { return ""; });
     target_migrations_ = std::make_unique<Migrations>(target_store_, target_view_, forwarder_,
                                                       Env::Posix(), MigrationOptions{}, nullptr);
     target_api_->SetCluster(&target_view_);
@@ -38,14 +38,13 @@ class MigrationTest : public ::testing::Test {
     protocol::Topology topology;
     topology.cluster = "t";
     topology.epoch = 1;
-    topology.shards = {
-        {0, {{0, 16383}}, {"a", "127.0.0.1:1"}, {}},
-        {1, {}, {"b", "127.0.0.1:" + std::to_string(target_server_->port())}, {}}};
+    topology.shards = {{0, {{0, 16383}}, {"a", "127.0.0.1:1"}, {}},
+                       {1, {}, {"b", "127.0.0.1:" + std::to_string(target_server_->port())}, {}}};
     ASSERT_TRUE(source_view_.Update(topology).ok());
     ASSERT_TRUE(target_view_.Update(topology).ok());
     api_options.cluster_token = kToken;
-    source_api_ = std::make_unique<NodeApi>(source_store_, clock_, api_options,
-                                            [] { return true; }, [] { return ""; });
+    source_api_ = std::make_unique<NodeApi>(
+        source_store_, clock_, api_options, [] { return true; }, [] { return ""; });
     source_api_->SetCluster(&source_view_);
   }
 
@@ -90,8 +89,7 @@ class MigrationTest : public ::testing::Test {
     for (int i = 0; i < 1000 && source_migrations_->status().state != state; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
-    ASSERT_EQ(source_migrations_->status().state, state)
-        << source_migrations_->status().error;
+    ASSERT_EQ(source_migrations_->status().state, state) << source_migrations_->status().error;
   }
 
   ApiResponse SourceCall(HttpMethod method, const std::string& key, std::string body = "") {
