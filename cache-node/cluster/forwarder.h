@@ -38,7 +38,7 @@ struct ForwardRequest {
 struct ForwardResponse {
   int code = 0;
   std::string body;
-  uint64_t content_length = 0;                               // as the owner sent it (for HEAD)
+  uint64_t content_length = 0;  // as the owner sent it (for HEAD)
   std::vector<std::pair<std::string, std::string>> headers;  // the ones worth passing on
 };
 
