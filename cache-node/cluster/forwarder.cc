@@ -3,6 +3,9 @@
 #include <sched.h>
 
 #include <atomic>
+#include <optional>
+#include <thread>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -14,8 +17,6 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
-#include <optional>
-#include <thread>
 
 namespace kvcache::node {
 
@@ -27,8 +28,9 @@ using tcp = asio::ip::tcp;
 namespace {
 
 // Headers of the owner's answer that mean something to the client.
-constexpr const char* kPassedBack[] = {"Content-Type",     "ETag",           "Allow", "Retry-After",
-                                       "WWW-Authenticate", "X-KVCache-Owner"};
+constexpr const char* kPassedBack[] = {"Content-Type", "ETag", "Allow", "Retry-After",
+                                       "WWW-Authenticate", "X-KVCache-Owner",
+                                       "X-KVCache-Epoch"};
 
 // Idle connections kept per peer; more are opened under load and closed when returned.
 constexpr size_t kMaxIdlePerPeer = 256;
