@@ -380,3 +380,41 @@ def test_bad_migration_requests_are_refused_clearly(make_cluster):
     assert requests.post(f"http://{c.addr(1)}/internal/import", data=b"x").status_code == 401
     garbage = requests.post(f"http://{c.addr(1)}/internal/import", data=b"\x01", headers=AUTH)
     assert garbage.status_code == 400
+
+
+def test_imports_and_source_deletes_reach_the_replicas(make_cluster):
+    c = make_cluster(140)
+
+    def topo(epoch, slots_by_shard):
+        """Shard i: primary node-i, replica node-(10+i)."""
+        t = c.topology(epoch, slots_by_shard)
+        for i, shard in enumerate(t["shards"]):
+            shard["replicas"] = [c.member(10 + i)]
+        return t
+
+    first = topo(1, [[(0, 16383)], []])
+    for i in (0, 1, 10, 11):
+        c.start(i, first)
+    data = {f"p{i}": f"v{i}" for i in range(1000)}
+    with requests.Session() as s:
+        for k, v in data.items():
+            assert s.put(f"http://{c.addr(0)}/v1/{k}", data=v).status_code == 201
+    moving = (0, 8191)
+    assert c.migrate(0, [moving], 1).status_code == 200
+    wait_for(lambda: c.migration(0)["state"] == "done", timeout=60, what="migration done")
+    c.push(topo(2, [[(8192, 16383)], [moving]]))
+    wait_for(lambda: metric(c.addr(0), "kvcache_node_migration_active") == 0, timeout=30,
+             what="source to drop the migration")
+
+    def keys(i):
+        return metric(c.addr(i), "kvcache_node_keys")
+
+    moved = sum(1 for k in data if in_ranges(key_slot(k), [moving]))
+    wait_for(lambda: (keys(1), keys(11), keys(0), keys(10)) ==
+             (moved, moved, len(data) - moved, len(data) - moved),
+             timeout=30, what="replicas to follow their primaries")
+    with requests.Session() as s:
+        for k, v in data.items():
+            replica = 11 if in_ranges(key_slot(k), [moving]) else 10
+            r = s.get(f"http://{c.addr(replica)}/v1/{k}", params={"replica": "ok"})
+            assert r.status_code == 200 and r.text == v, (replica, k, r.status_code)
