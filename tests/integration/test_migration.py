@@ -340,6 +340,8 @@ def test_a_migration_survives_a_source_restart(make_cluster):
                 assert r.status_code == 200 and r.text == v, (node, k, r.status_code)
     assert not [k for k in c.local_keys(0) if in_ranges(key_slot(k), [moving])]
     assert c.migration(0)["state"] == "done"
+    status = requests.get(f"http://{c.addr(0)}/internal/status", headers=AUTH, timeout=10).json()
+    assert status["migration"]["state"] == "done" and status["migration"]["targetShard"] == 1
 
 
 def test_bad_migration_requests_are_refused_clearly(make_cluster):
