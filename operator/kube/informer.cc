@@ -155,6 +155,9 @@ StatusOr<std::string> Informer::ListAndReplace(std::stop_token stop) {
   if (!result.ok()) return result.status();
   if (stop.stop_requested()) return CancelledStatus();
 
+  // Cache change and handler calls under dispatch_mu_: a handler added meanwhile sees each
+  // object exactly once (from AddHandler's replay or from here, never both).
+  std::lock_guard dispatch(dispatch_mu_);
   std::vector<Notification> notes;
   {
     std::lock_guard lock(mu_);
@@ -171,16 +174,21 @@ StatusOr<std::string> Informer::ListAndReplace(std::stop_token stop) {
     }
     for (auto& [key, last] : gone) Remove(key, last, &notes);
     resource_version_ = result->resource_version;
+  }
+  DispatchLocked(notes);
+  {
+    // Synced once the handlers have seen the initial state too.
+    std::lock_guard lock(mu_);
     synced_ = true;
   }
   synced_cv_.notify_all();
-  Dispatch(notes);
   return result->resource_version;
 }
 
 Status Informer::CancelledStatus() { return UnavailableError("informer stopped"); }
 
 void Informer::Apply(const WatchEvent& event) {
+  std::lock_guard dispatch(dispatch_mu_);
   std::vector<Notification> notes;
   {
     std::lock_guard lock(mu_);
@@ -202,7 +210,7 @@ void Informer::Apply(const WatchEvent& event) {
     if (!rv.empty()) resource_version_ = rv;
     ++stats_.events;
   }
-  Dispatch(notes);
+  DispatchLocked(notes);
 }
 
 // REQUIRES: mu_ held.
@@ -261,9 +269,8 @@ void Informer::IndexLocked(const Key& key, const Object& object, bool add) {
   }
 }
 
-void Informer::Dispatch(const std::vector<Notification>& notes) {
-  if (notes.empty()) return;
-  std::lock_guard dispatch(dispatch_mu_);
+// REQUIRES: dispatch_mu_ held (not mu_: handlers may read the cache).
+void Informer::DispatchLocked(const std::vector<Notification>& notes) {
   for (const Notification& n : notes) {
     for (const EventHandlers& h : handlers_) {
       switch (n.change) {
@@ -283,6 +290,7 @@ void Informer::Dispatch(const std::vector<Notification>& notes) {
 
 void Informer::ResyncLoop(std::stop_token stop) {
   while (clock_.SleepFor(options_.resync_period, stop)) {
+    std::lock_guard dispatch(dispatch_mu_);
     std::vector<Notification> notes;
     {
       std::lock_guard lock(mu_);
@@ -291,7 +299,7 @@ void Informer::ResyncLoop(std::stop_token stop) {
         notes.push_back({Change::kUpdate, entry.object, entry.object});
       }
     }
-    Dispatch(notes);
+    DispatchLocked(notes);
   }
 }
 

@@ -59,8 +59,8 @@ TEST(Informer, ListsThenWatchesAndIndexes) {
   FakeClock clock;
   FakeKubeClient kube(&clock);
   ASSERT_TRUE(kube.Create(kConfigMaps, "a", ConfigMap("a", "one", {{"app", "x"}})).ok());
-  Informer informer(kube, kConfigMaps, {}, clock);
   Recorder rec;
+  Informer informer(kube, kConfigMaps, {}, clock);
   informer.AddHandler(rec.Handlers());
   informer.Start();
   ASSERT_TRUE(informer.WaitForSync(10s));
@@ -94,8 +94,8 @@ TEST(Informer, ListsThenWatchesAndIndexes) {
 TEST(Informer, ResumesWatchFromLastVersionWhenServerCloses) {
   FakeClock clock;
   FakeKubeClient kube(&clock);
-  Informer informer(kube, kConfigMaps, {}, clock);
   Recorder rec;
+  Informer informer(kube, kConfigMaps, {}, clock);
   informer.AddHandler(rec.Handlers());
   informer.Start();
   ASSERT_TRUE(informer.WaitForSync(10s));
@@ -134,8 +134,8 @@ TEST(Informer, RelistsAfterGoneAndDiffsTheCache) {
   ASSERT_TRUE(kube.Create(kConfigMaps, "a", ConfigMap("a", "keep")).ok());
   ASSERT_TRUE(kube.Create(kConfigMaps, "a", ConfigMap("a", "change")).ok());
   ASSERT_TRUE(kube.Create(kConfigMaps, "a", ConfigMap("a", "remove")).ok());
-  Informer informer(kube, kConfigMaps, {}, clock);
   Recorder rec;
+  Informer informer(kube, kConfigMaps, {}, clock);
   informer.AddHandler(rec.Handlers());
   informer.Start();
   ASSERT_TRUE(informer.WaitForSync(10s));
@@ -184,8 +184,8 @@ TEST(Informer, ResyncRedeliversEveryObject) {
   FakeClock clock;
   FakeKubeClient kube(&clock);
   ASSERT_TRUE(kube.Create(kConfigMaps, "a", ConfigMap("a", "one")).ok());
-  Informer informer(kube, kConfigMaps, {.resync_period = 30s}, clock);
   Recorder rec;
+  Informer informer(kube, kConfigMaps, {.resync_period = 30s}, clock);
   informer.AddHandler(rec.Handlers());
   informer.Start();
   ASSERT_TRUE(informer.WaitForSync(10s));
@@ -199,10 +199,10 @@ TEST(Informer, LateHandlerGetsTheCacheAsAdds) {
   FakeClock clock;
   FakeKubeClient kube(&clock);
   ASSERT_TRUE(kube.Create(kConfigMaps, "a", ConfigMap("a", "one")).ok());
+  Recorder rec;
   Informer informer(kube, kConfigMaps, {}, clock);
   informer.Start();
   ASSERT_TRUE(informer.WaitForSync(10s));
-  Recorder rec;
   informer.AddHandler(rec.Handlers());
   EXPECT_EQ(rec.Log(), (std::vector<std::string>{"add a/one"}));
 }
