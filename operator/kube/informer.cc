@@ -164,6 +164,9 @@ StatusOr<std::string> Informer::ListAndReplace(std::stop_token stop) {
     if (!first) ++stats_.relists;
     std::set<Key> seen;
     for (Object& item : result->items) {
+      if (options_.strip_managed_fields && item.contains("metadata")) {
+        item["metadata"].erase("managedFields");
+      }
       auto object = std::make_shared<const Object>(std::move(item));
       seen.insert({MetaString(*object, "namespace"), MetaString(*object, "name")});
       Upsert(std::move(object), &notes);
@@ -195,9 +198,14 @@ void Informer::Apply(const WatchEvent& event) {
     std::string rv = MetaString(event.object, "resourceVersion");
     switch (event.type) {
       case WatchEvent::Type::kAdded:
-      case WatchEvent::Type::kModified:
-        Upsert(std::make_shared<const Object>(event.object), &notes);
+      case WatchEvent::Type::kModified: {
+        auto object = std::make_shared<Object>(event.object);
+        if (options_.strip_managed_fields && object->contains("metadata")) {
+          (*object)["metadata"].erase("managedFields");
+        }
+        Upsert(std::move(object), &notes);
         break;
+      }
       case WatchEvent::Type::kDeleted:
         Remove({MetaString(event.object, "namespace"), MetaString(event.object, "name")},
                std::make_shared<const Object>(event.object), &notes);

@@ -43,6 +43,9 @@ struct InformerOptions {
   Clock::Duration backoff_initial = std::chrono::milliseconds(800);
   Clock::Duration backoff_max = std::chrono::seconds(30);
   ClientMetrics* metrics = nullptr;                     // watch restarts; not owned
+  // Drop metadata.managedFields from cached objects (controller-runtime does the same): they
+  // are most of an object's size and a controller never reads them.
+  bool strip_managed_fields = true;
 };
 
 struct EventHandlers {
