@@ -195,6 +195,22 @@ TEST(Informer, ResyncRedeliversEveryObject) {
   EXPECT_EQ(rec.Log(), (std::vector<std::string>{"add a/one", "update a/one"}));
 }
 
+TEST(Informer, StripsManagedFieldsUnlessAsked) {
+  FakeClock clock;
+  FakeKubeClient kube(&clock);
+  json cm = ConfigMap("a", "one");
+  cm["metadata"]["managedFields"] = {{{"manager", "kubectl"}}};
+  kube.Seed(kConfigMaps, cm);
+  Informer stripped(kube, kConfigMaps, {}, clock);
+  Informer kept(kube, kConfigMaps, {.strip_managed_fields = false}, clock);
+  stripped.Start();
+  kept.Start();
+  ASSERT_TRUE(stripped.WaitForSync(10s));
+  ASSERT_TRUE(kept.WaitForSync(10s));
+  EXPECT_FALSE((*stripped.Get("a", "one"))["metadata"].contains("managedFields"));
+  EXPECT_TRUE((*kept.Get("a", "one"))["metadata"].contains("managedFields"));
+}
+
 TEST(Informer, LateHandlerGetsTheCacheAsAdds) {
   FakeClock clock;
   FakeKubeClient kube(&clock);
