@@ -9,7 +9,8 @@
 # netns or kvcbr0 bridge is left. KUBE_TEST_KEEP_STATE=1 keeps the state dir (logs).
 set -uo pipefail
 
-if [ -z "${KUBE_TEST_LOCKED:-}" ]; then
+# Take the lock unless the caller holds it already (flock would wait for itself).
+if [ -z "${KUBE_TEST_LOCKED:-}" ] && [ "${LOCALK8S_LOCK_HELD:-}" != /tmp/localk8s.lock ]; then
   KUBE_TEST_LOCKED=1 exec flock /tmp/localk8s.lock "$0" "$@"
 fi
 
