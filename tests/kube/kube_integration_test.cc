@@ -417,8 +417,8 @@ TEST_F(KubeIT, CompactionGivesGoneAndTheInformerRelists) {
   Status watch = client_->Watch(kConfigMaps, ns_, {.resource_version = old_rv, .timeout_seconds = 10},
                                 [](const WatchEvent&) { return true; }, {});
   EXPECT_EQ(watch.code(), StatusCode::kOutOfRange) << watch.ToString();
-  auto old_list = client_->List(kConfigMaps, ns_, {.limit = 1, .single_page = true,
-                                                   .resource_version = old_rv});
+  auto old_list = client_->List(kConfigMaps, ns_, {.limit = 1, .resource_version = old_rv,
+                                                   .single_page = true});
   std::cout << "MEASURE: list at a compacted resourceVersion: " << old_list.status().ToString()
             << std::endl;
 
