@@ -16,7 +16,8 @@ using web::http::client::http_client_config;
 
 // Headers of the owner's answer that mean something to the client.
 constexpr const char* kPassedBack[] = {"Content-Type", "ETag", "Allow", "Retry-After",
-                                       "WWW-Authenticate", "X-KVCache-Owner"};
+                                       "WWW-Authenticate", "X-KVCache-Owner",
+                                       "X-KVCache-Epoch"};
 
 }  // namespace
 

@@ -24,6 +24,8 @@ namespace kvcache::node {
 
 // The header that marks a forwarded request; a node never forwards a request carrying it.
 inline constexpr char kHopHeader[] = "X-KVCache-Hop";
+// The sender's epoch on a forwarded request, and a fencing node's epoch on its refusal.
+inline constexpr char kEpochHeader[] = "X-KVCache-Epoch";
 
 struct ForwardRequest {
   std::string method;          // "GET", "HEAD", "PUT", "DELETE"

@@ -98,6 +98,8 @@ ApiResponse NodeApi::Handle(const ApiRequest& req) const {
       r.fanout = true;
       return r;
     }
+    // A replica's keys are its primary's, which answers for them in a fan-out.
+    if (NotPrimary()) return Text(200, R"({"keys": [], "count": 0, "cursor": null})", kJson);
     return HandleList(req);
   }
   if (path == "/flush") {
@@ -109,6 +111,8 @@ ApiResponse NodeApi::Handle(const ApiRequest& req) const {
       r.fanout = true;
       return r;
     }
+    // A replica flushes when its primary's flush reaches it through the stream.
+    if (NotPrimary()) return Text(200, R"({"flushed": 0})", kJson);
     return HandleFlush();
   }
   if (path.substr(0, 10) == "/internal/") return HandleInternal(req);
@@ -119,6 +123,9 @@ ApiResponse NodeApi::Handle(const ApiRequest& req) const {
   }
   if (path == "/readyz") {
     if (!read_method) return MethodNotAllowed("GET, HEAD");
+    if (ready_() && replication_ != nullptr && !replication_->CaughtUp()) {
+      return Error(503, "not ready: replica catching up with its primary");
+    }
     return ready_() ? Text(200, "ok\n") : Error(503, "not ready");
   }
   if (path == "/metrics") {
@@ -159,6 +166,11 @@ ApiResponse NodeApi::HandleKey(const ApiRequest& req, std::string_view raw_key) 
   std::string_view owner;
   if (cluster_ != nullptr) {
     RouteDecision route = cluster_->Route(*key);
+    if (replication_ != nullptr && route.owner != nullptr && route.shard >= 0 &&
+        route.shard == replication_->self_shard()) {
+      if (std::optional<ApiResponse> r = RouteOwnShard(req, route)) return *r;
+      route.local = true;
+    }
     if (route.owner != nullptr) {
       if (!route.local) {
         if (req.hop) {
@@ -174,6 +186,9 @@ ApiResponse NodeApi::HandleKey(const ApiRequest& req, std::string_view raw_key) 
         return r;
       }
       owner = route.owner->name;
+      if (replication_ != nullptr && route.shard == replication_->self_shard() && !NotPrimary()) {
+        owner = cluster_->self_name();
+      }
     }
   }
   ApiResponse r;
@@ -321,6 +336,9 @@ ApiResponse NodeApi::HandleInternal(const ApiRequest& req) const {
     r.www_authenticate = true;
     return r;
   }
+  if (replication_ != nullptr) {
+    if (std::optional<ApiResponse> r = HandleReplicationAdmin(req)) return *r;
+  }
   if (req.path != "/internal/topology" || cluster_ == nullptr) {
     return Error(404, "no such admin route");
   }
@@ -339,6 +357,7 @@ ApiResponse NodeApi::HandleInternal(const ApiRequest& req) const {
     return Error(st.code() == StatusCode::kFailedPrecondition ? 409 : HttpCodeFor(st.code()),
                  st.message());
   }
+  if (replication_ != nullptr) replication_->OnTopology();
   if (save_topology_) {
     if (Status saved = save_topology_(copy); !saved.ok()) {
       return ErrorFrom(Status(saved.code(), "topology installed but not persisted: " +

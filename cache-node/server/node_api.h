@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cluster/cluster_view.h"
+#include "cluster/replication.h"
 #include "store/store.h"
 
 namespace kvcache::node {
@@ -29,6 +30,8 @@ struct ApiRequest {
   // Request headers the API reads.
   std::optional<std::string> content_type, if_match, if_none_match, authorization;
   bool hop = false;  // forwarded by another node (X-KVCache-Hop): never forward it again
+  std::optional<uint64_t> sender_epoch;  // X-KVCache-Epoch of a forwarded request
+  bool replica_read = false;             // ?replica=ok: a replica may answer a read itself
 };
 
 struct ApiResponse {
@@ -102,6 +105,16 @@ class NodeApi {
     save_topology_ = std::move(save);
   }
 
+  // Replication (cluster mode): this node's own shard is served by role (a promoted replica
+  // takes writes before the topology names it), writes are refused while not primary or
+  // without the primary lease (503 + Retry-After), forwarded writes from an older epoch get 409
+  // + X-KVCache-Epoch, /readyz waits for a replica to catch up, and the admin routes
+  // /internal/status, /internal/promote and /internal/replication are served. Must outlive
+  // the API. REQUIRES: called before serving.
+  void SetReplication(Replication* replication) { replication_ = replication; }
+  // The epoch stamped on forwarded requests (X-KVCache-Epoch); 0 outside cluster mode.
+  uint64_t Epoch() const;
+
   const ApiOptions& options() const { return options_; }
 
  private:
@@ -126,6 +139,15 @@ class NodeApi {
 
   ClusterView* cluster_ = nullptr;
   std::function<Status(const protocol::Topology&)> save_topology_;
+
+  // node_api_replication.cc
+  std::optional<ApiResponse> HandleReplicationAdmin(const ApiRequest& request) const;
+  // For a key of this node's own shard: nullopt to serve it here, else the answer (a forward
+  // to the primary, a fenced or refused write).
+  std::optional<ApiResponse> RouteOwnShard(const ApiRequest& request,
+                                           const RouteDecision& route) const;
+  bool NotPrimary() const;
+  Replication* replication_ = nullptr;
 };
 
 }  // namespace kvcache::node

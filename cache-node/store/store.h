@@ -120,6 +120,7 @@ class Store {
   // Reports every mutation to `log` from now on (nullptr: none). Writes the log refuses fail.
   // REQUIRES: no concurrent mutations (call at startup, after recovery).
   void SetWriteLog(WriteLog* log) { log_ = log; }
+  WriteLog* write_log() const { return log_; }
 
   // Calls `fn(key, value, content_type, expire_at_ms)` for each live entry of one shard, with
   // that shard's lock held shared: `fn` must be quick (copy, do not write files).
