@@ -10,6 +10,8 @@
 
 #include <cpprest/http_client.h>
 #include <nlohmann/json.hpp>
+#include <pplx/threadpool.h>
+#include <sched.h>
 
 namespace kvcache::node {
 namespace {
@@ -60,7 +62,23 @@ Replication::Replication(Store& store, ClusterView& cluster, ReplicationLog& log
       cluster_(cluster),
       log_(log),
       options_(std::move(options)),
-      logger_(std::move(logger)) {}
+      logger_(std::move(logger)) {
+  // cpprestsdk's default pool has 40 threads, and every request then bounces between them
+  // (measured: context switches were most of a node's CPU when the forwarder used it). One
+  // thread per usable CPU is enough for its asynchronous I/O. The pool is process-wide and can
+  // be sized only before first use.
+  static std::once_flag sized;
+  std::call_once(sized, [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    size_t cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+    try {
+      crossplat::threadpool::initialize_with_threads(std::max<size_t>(cpus, 2));
+    } catch (const std::exception&) {
+      // Already in use: keep the pool as it is.
+    }
+  });
+}
 
 Replication::~Replication() { Stop(); }
 
