@@ -65,6 +65,8 @@ void ConfigureLogging(const Flags& flags) {
     spdlog::set_pattern("%L%m%d %H:%M:%S.%f %6t] %v");  // klog's layout
   }
   spdlog::set_level(spdlog::level::from_str(flags.log_level));
+  // Logs go to a pipe or file in a pod: without this a killed operator loses its last lines.
+  spdlog::flush_on(spdlog::level::info);
 }
 
 std::string Hostname() {

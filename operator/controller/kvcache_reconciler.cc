@@ -63,6 +63,7 @@ struct PodInfo {
   bool running = false;  // Running, has an IP, not being deleted
   bool ready = false;
   std::string revision;  // controller-revision-hash: which StatefulSet revision it runs
+  int64_t restarts = 0;  // container restarts: a not-ready pod that never restarted is starting
 };
 
 // The conditions this reconciler owns.
@@ -465,6 +466,9 @@ Status KVCacheReconciler::ReadPodsAndNodes(Pass& pass) {
     }
     info.ready = info.ready && info.running;
     info.revision = StringAt(pod, "/metadata/labels/controller-revision-hash"_json_pointer);
+    for (const Json& c : pod.value("/status/containerStatuses"_json_pointer, Json::array())) {
+      info.restarts += c.value("restartCount", int64_t{0});
+    }
     pass.pods[info.name] = info;
   }
   for (const auto& [name, pod] : pass.pods) {
@@ -924,13 +928,30 @@ Status KVCacheReconciler::WriteStatus(Pass& pass) {
     if (!pass.failover.is_null()) status["failover"] = pass.failover;
     if (!pass.resharding.is_null()) status["resharding"] = pass.resharding;
 
-    if (ready_nodes < nodes && pass.epoch > 0) {
-      if (pass.rolling) {
-        pass.Progress("RollingUpdate", "rolling out a new pod template");
-      } else {
-        pass.Degrade("NodesNotReady", std::to_string(nodes - ready_nodes) + " of " +
-                                          std::to_string(nodes) + " nodes are not ready");
+    // A node that is not ready and never restarted is starting (new cluster, more replicas,
+    // a pod replaced by the rollout): progress. One that failed after running: degraded.
+    int starting = 0, failing = 0;
+    for (const auto& [id, l] : pass.layout) {
+      for (int ordinal = 0; ordinal < spec.NodesPerShard(); ++ordinal) {
+        auto pod = pass.pods.find(PodName(spec, id, ordinal));
+        if (pod != pass.pods.end() && pod->second.ready) continue;
+        if (pod == pass.pods.end() || (pod->second.restarts == 0 && pod->second.running) ||
+            (pod->second.restarts == 0 && !pod->second.running && pass.epoch == 0)) {
+          ++starting;
+        } else {
+          ++failing;
+        }
       }
+    }
+    if (failing > 0) {
+      pass.Degrade("NodesNotReady", std::to_string(nodes - ready_nodes) + " of " +
+                                        std::to_string(nodes) + " nodes are not ready");
+    } else if (starting > 0 && !pass.rolling) {
+      pass.Progress("NodesStarting", std::to_string(starting) + " of " + std::to_string(nodes) +
+                                         " nodes are starting");
+    }
+    if (ready_nodes < nodes) {
+      if (pass.rolling) pass.Progress("RollingUpdate", "rolling out a new pod template");
       pass.Requeue(options_.progress_interval);
     } else if (pass.rolling) {
       pass.Progress("RollingUpdate", "rolling out a new pod template");
@@ -942,7 +963,7 @@ Status KVCacheReconciler::WriteStatus(Pass& pass) {
                           old_phase != "Creating";
     if (!pass.resharding.is_null()) phase = "Resharding";
     else if (!pass.failover.is_null()) phase = "FailingOver";
-    else if (!available && !ever_available) phase = "Creating";
+    else if (!ever_available && (!available || ready_nodes < nodes)) phase = "Creating";
     else if (!pass.degraded.empty()) phase = "Degraded";
     else if (pass.rolling) phase = "Upgrading";
     else if (available) phase = "Running";

@@ -578,6 +578,28 @@ TEST(KVCacheReconciler, OptionalChildrenFollowTheSpec) {
   EXPECT_FALSE(w.kube.Peek(kinds::kIngress, "prod", "demo").has_value());
 }
 
+TEST(KVCacheReconciler, NewReplicasAreProgressNotDegradation) {
+  World w;
+  w.Create({{"shards", 2}, {"replicasPerShard", 0}});
+  w.RunPods();
+  w.Converge();
+  w.PatchSpec({{"replicasPerShard", 1}});
+  w.not_ready = {"demo-0-1", "demo-1-1"};
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  w.RunPods();
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  std::string reason;
+  EXPECT_EQ(w.Condition("Degraded"), "False");
+  EXPECT_EQ(w.Condition("Progressing", &reason), "True");
+  EXPECT_EQ(reason, "NodesStarting");
+  EXPECT_EQ(w.Status()["ready"], "2/4");
+  w.not_ready.clear();
+  w.RunPods();
+  w.Converge();
+  EXPECT_EQ(w.Status()["ready"], "4/4");
+  EXPECT_EQ(w.Condition("Progressing"), "False");
+}
+
 std::vector<std::string> DeletedPods(FakeKubeClient& kube) {
   std::vector<std::string> out;
   for (const auto& r : kube.Requests()) {
