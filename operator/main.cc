@@ -402,8 +402,11 @@ int Run(int argc, char** argv) {
     le.lease_name = flags.leader_election_id;
     le.identity = pod_name + "_" + std::to_string(rd());
     kube::LeaderCallbacks callbacks;
-    callbacks.on_started_leading = [&](std::stop_token lead_stop) {
-      spdlog::info("Became leader (Lease {}/{})", lease_ns, le.lease_name);
+    // By value: lease_ns and le end with this block, the callback runs later on the elector's
+    // thread.
+    callbacks.on_started_leading = [&, lease = lease_ns + "/" + le.lease_name](
+                                       std::stop_token lead_stop) {
+      spdlog::info("Became leader (Lease {})", lease);
       standby = false;
       metrics.SetLeader(true);
       controller.Run(lead_stop);
