@@ -26,11 +26,14 @@ for tool in "$bin/localk8s" "$bin/kubectl" "$bin/helm" "$bin/kube-apiserver" \
             "$own_bin/kvcache-node" "$own_bin/kvcache-operator"; do
   [ -x "$tool" ] || die "$tool is missing: make build (and make localk8s for the upstream binaries)"
 done
+# The lock on fd 9 of this very process (no flock wrapper process: Ctrl-C must reach only this
+# script, so that make waits until the cleanup is done). localk8s inherits it.
 if [ -z "${KVCACHE_LOCALK8S_LOCKED:-}" ]; then
-  if ! flock -n /tmp/localk8s.lock true; then
+  exec 9>>/tmp/localk8s.lock
+  if ! flock -n 9; then
     say "another localk8s holds /tmp/localk8s.lock (only one per machine); waiting for it..."
+    flock 9
   fi
-  exec env KVCACHE_LOCALK8S_LOCKED=1 flock /tmp/localk8s.lock "$0" "$own_bin" "$state"
 fi
 
 mkdir -p "$state"
@@ -127,10 +130,16 @@ say "KVCache $name Available in $(( $(date +%s) - start ))s"
 ip=$(k get svc "$name" -n "$ns" -o jsonpath='{.spec.clusterIP}')
 port=$(k get svc "$name" -n "$ns" -o jsonpath='{.spec.ports[0].port}')
 nodeport=$(k get svc "$name" -n "$ns" -o jsonpath='{.spec.ports[0].nodePort}')
-curl -sf -X PUT --data-binary 'hello from the ClusterIP' "http://$ip:$port/v1/greeting" >/dev/null \
-  || die "PUT through the ClusterIP $ip:$port failed"
-[ "$(curl -sf "http://$ip:$port/v1/greeting")" = 'hello from the ClusterIP' ] \
-  || die "GET through the ClusterIP $ip:$port failed"
+# (Retried for a minute: on a reused state dir the status read first may still be the last
+# run's while the restarted pods come up.)
+for i in $(seq 120); do
+  if curl -sf -m 5 -X PUT --data-binary 'hello from the ClusterIP' "http://$ip:$port/v1/greeting" >/dev/null \
+     && [ "$(curl -sf -m 5 "http://$ip:$port/v1/greeting")" = 'hello from the ClusterIP' ]; then
+    break
+  fi
+  [ "$i" -lt 120 ] || die "PUT/GET through the ClusterIP $ip:$port failed for a minute"
+  sleep 0.5
+done
 nodeport_ok=
 if [ -n "$nodeport" ] && curl -sf -m 5 "http://127.0.0.1:$nodeport/v1/greeting" >/dev/null; then
   nodeport_ok=1
