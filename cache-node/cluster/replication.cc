@@ -1,9 +1,17 @@
 #include "cluster/replication.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
 #include <random>
 #include <sstream>
 
 #include <cpprest/http_client.h>
+#include <nlohmann/json.hpp>
+#include <pplx/threadpool.h>
+#include <sched.h>
 
 namespace kvcache::node {
 namespace {
@@ -54,12 +62,32 @@ Replication::Replication(Store& store, ClusterView& cluster, ReplicationLog& log
       cluster_(cluster),
       log_(log),
       options_(std::move(options)),
-      logger_(std::move(logger)) {}
+      logger_(std::move(logger)) {
+  // cpprestsdk's default pool has 40 threads, and every request then bounces between them
+  // (measured: context switches were most of a node's CPU when the forwarder used it). One
+  // thread per usable CPU is enough for its asynchronous I/O. The pool is process-wide and can
+  // be sized only before first use.
+  static std::once_flag sized;
+  std::call_once(sized, [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    size_t cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+    try {
+      crossplat::threadpool::initialize_with_threads(std::max<size_t>(cpus, 2));
+    } catch (const std::exception&) {
+      // Already in use: keep the pool as it is.
+    }
+  });
+}
 
 Replication::~Replication() { Stop(); }
 
 void Replication::Start() {
   OnTopology();
+  {
+    std::lock_guard apply(apply_mu_);
+    LoadState();
+  }
   started_ = true;
   control_ = std::thread([this] { ControlLoop(); });
 }
@@ -135,6 +163,7 @@ void Replication::BecomePrimaryLocked(uint64_t epoch, const std::string& why) {
   RaiseEpoch(epoch);
   follow_replid_.clear();
   following_ = false;
+  ForgetState();
   leader_ = cluster_.self_name();
   leader_epoch_ = std::max(leader_epoch_, epoch);
   syncing_ = false;
@@ -159,6 +188,8 @@ void Replication::DemoteLocked(uint64_t epoch, protocol::Role to, const std::str
   // from the new primary makes it a faithful copy again.
   follow_replid_.clear();
   following_ = false;
+  contact_ = false;
+  ForgetState();
   syncing_ = false;
   applied_ = 0;
   primary_offset_ = 0;
@@ -173,7 +204,11 @@ void Replication::DemoteLocked(uint64_t epoch, protocol::Role to, const std::str
   }
   logger_("Demoted role=" + std::string(protocol::RoleName(to)) +
           " epoch=" + std::to_string(epoch) + " reason=" + why);
-  FailWaiters(UnavailableError("this node stopped being primary; the write was not acknowledged"));
+  // The writes waiting for acks fail, from the control thread within 10 ms: callbacks write to
+  // client sockets and must not run under this node's locks.
+  std::lock_guard w(waiters_mu_);
+  for (auto& [offset, waiter] : waiters_) demoted_waiters_.push_back(std::move(waiter.done));
+  waiters_.clear();
 }
 
 void Replication::ReconcileSendersLocked() {
@@ -253,8 +288,14 @@ Status Replication::CheckWritable() const {
 }
 
 void Replication::WaitAcked(uint64_t offset, std::function<void(const kvcache::Status&)> done) {
-  if (options_.mode == ReplicationMode::kAsync || options_.min_acks <= 0) {
+  // A node outside any topology (standalone) has no one to wait for.
+  if (options_.mode == ReplicationMode::kAsync || options_.min_acks <= 0 ||
+      role() == protocol::Role::kNone) {
     done(Status::Ok());
+    return;
+  }
+  if (role() != protocol::Role::kPrimary) {
+    done(UnavailableError("this node stopped being primary; the write was not acknowledged"));
     return;
   }
   {
@@ -289,20 +330,25 @@ void Replication::OnAck() {
 
 void Replication::FailWaiters(const kvcache::Status& why) {
   std::multimap<uint64_t, Waiter> failed;
+  std::vector<std::function<void(const kvcache::Status&)>> demoted;
   {
     std::lock_guard lock(waiters_mu_);
     failed.swap(waiters_);
+    demoted.swap(demoted_waiters_);
   }
   for (auto& [offset, w] : failed) w.done(why);
+  for (auto& done : demoted) done(why);
 }
 
 void Replication::ControlLoop() {
+  uint64_t ticks = 0;
   std::unique_lock lock(control_mu_);
   while (!stop_) {
     control_cv_.wait_for(lock, std::chrono::milliseconds(10), [this] { return stop_; });
     if (stop_) break;
     lock.unlock();
     OnTopology();
+    if (++ticks % 50 == 0) SaveState();
     // Writes whose acks did not come in time.
     const auto now = std::chrono::steady_clock::now();
     std::vector<std::function<void(const kvcache::Status&)>> expired;
@@ -316,6 +362,14 @@ void Replication::ControlLoop() {
           ++it;
         }
       }
+    }
+    std::vector<std::function<void(const kvcache::Status&)>> demoted;
+    {
+      std::lock_guard w(waiters_mu_);
+      demoted.swap(demoted_waiters_);
+    }
+    for (auto& done : demoted) {
+      done(UnavailableError("this node stopped being primary; the write was not acknowledged"));
     }
     for (auto& done : expired) {
       done(UnavailableError("the write was not acknowledged by " +
@@ -399,14 +453,16 @@ Status Replication::FullSync(Sender& s, const BatchHeader& term, uint64_t* curso
       copied.push_back(std::move(r));
     });
     for (ReplRecord& r : copied) {
-      batch_bytes += r.Bytes();
-      batch.push_back(std::move(r));
-      ++entries;
-      if (batch_bytes >= options_.batch_bytes) {
+      // A batch stays under batch_bytes unless one record alone is larger (a value can be up
+      // to the node's value limit, which the replica's request limit allows for).
+      if (!batch.empty() && batch_bytes + r.Bytes() > options_.batch_bytes) {
         if (Status st = send(BatchKind::kSyncData, batch); !st.ok()) return st;
         batch.clear();
         batch_bytes = 0;
       }
+      batch_bytes += r.Bytes();
+      batch.push_back(std::move(r));
+      ++entries;
     }
   }
   if (!batch.empty()) {
@@ -567,6 +623,7 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
     leader_epoch_ = h.epoch;
   }
   primary_offset_ = h.primary_offset;
+  contact_ = true;
   reply.epoch = epoch();
   if (verdict == BatchVerdict::kNeedFullSync) {
     reply.full_sync = true;
@@ -578,6 +635,8 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
     case BatchKind::kSyncBegin: {
       logger_("Full sync from primary=" + h.primary + " replid=" + h.replid +
               " offset=" + std::to_string(h.after));
+      // The data is about to be replaced: a saved resume point no longer describes it.
+      ForgetState();
       follow_replid_ = h.replid;
       following_ = false;
       syncing_ = true;
@@ -596,6 +655,7 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
       applied_ = h.after;
       syncing_ = false;
       following_ = true;
+      Checkpoint(h.after);
       logger_("Full sync complete primary=" + h.primary + " offset=" + std::to_string(h.after) +
               " keys=" + std::to_string(store_.Stats().keys));
       break;
@@ -606,12 +666,13 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
           if (st = ApplyRecord(r); !st.ok()) break;
           applied_ = r.offset;
         }
+        if (!batch->records.empty()) Checkpoint(applied_);
       }
       break;
   }
   if (!st.ok()) {
     // Nothing after the failed record is applied; the primary resends from applied_ later.
-    return {500, "{\"error\": \"cannot apply: " + st.message() + "\", \"code\": 500}"};
+    return {500, nlohmann::json{{"error", "cannot apply: " + st.message()}, {"code", 500}}.dump()};
   }
   reply.applied_offset = applied_;
   return {200, EncodeBatchReply(reply)};
@@ -619,7 +680,7 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
 
 bool Replication::CaughtUp() const {
   if (role() != protocol::Role::kReplica) return true;
-  if (syncing_ || !following_) return false;
+  if (syncing_ || !following_ || !contact_) return false;
   const uint64_t applied = applied_.load(), primary = primary_offset_.load();
   return primary <= applied || primary - applied <= options_.ready_lag_records;
 }
@@ -697,6 +758,88 @@ std::string Replication::MetricsText() const {
          "received (replica)\n# TYPE kvcache_node_replication_full_syncs_total counter\n"
       << "kvcache_node_replication_full_syncs_total " << full_syncs_.load() << "\n";
   return out.str();
+}
+
+}  // namespace kvcache::node
+
+namespace kvcache::node {
+
+void Replication::Checkpoint(uint64_t applied) {
+  if (options_.state_path.empty()) return;
+  std::lock_guard lock(state_mu_);
+  if (state_replid_ != follow_replid_) {
+    state_replid_ = follow_replid_;
+    checkpoints_.clear();
+  }
+  // Everything applied so far is in the local log up to its current offset.
+  checkpoints_.emplace_back(applied, log_.last_offset());
+  if (checkpoints_.size() > 4096) checkpoints_.erase(checkpoints_.begin());
+}
+
+void Replication::ForgetState() {
+  if (options_.state_path.empty()) return;
+  std::lock_guard lock(state_mu_);
+  checkpoints_.clear();
+  state_replid_.clear();
+  saved_offset_ = 0;
+  if (std::remove(options_.state_path.c_str()) == 0) {
+    // Durably gone before the data it described changes (a full sync flushes next): a file
+    // that came back after a power loss would resume a stream over the wrong data.
+    const size_t slash = options_.state_path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : options_.state_path.substr(0, slash);
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+  }
+}
+
+void Replication::SaveState() {
+  if (options_.state_path.empty() || !options_.durable_offset) return;
+  const uint64_t durable = options_.durable_offset();
+  std::lock_guard lock(state_mu_);
+  // The newest checkpoint whose records are all durable locally: after a crash the recovered
+  // data holds at least that state, and replaying the stream from there over it is idempotent.
+  size_t best = checkpoints_.size();
+  for (size_t i = 0; i < checkpoints_.size() && checkpoints_[i].second <= durable; ++i) best = i;
+  if (best == checkpoints_.size()) return;
+  const uint64_t offset = checkpoints_[best].first;
+  checkpoints_.erase(checkpoints_.begin(), checkpoints_.begin() + static_cast<long>(best));
+  if (offset == saved_offset_) return;
+  const std::string tmp = options_.state_path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << nlohmann::json{{"replid", state_replid_}, {"offset", offset}}.dump() << "\n";
+    if (!out) return;
+  }
+  // A lost or torn file after a crash only costs a full sync.
+  if (std::rename(tmp.c_str(), options_.state_path.c_str()) == 0) saved_offset_ = offset;
+}
+
+void Replication::LoadState() {
+  if (options_.state_path.empty()) return;
+  std::ifstream in(options_.state_path);
+  if (!in) return;
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (role() != protocol::Role::kReplica || doc.is_discarded() || !doc.is_object() ||
+      !doc["replid"].is_string() || !doc["offset"].is_number_unsigned()) {
+    ForgetState();
+    return;
+  }
+  follow_replid_ = doc["replid"].get<std::string>();
+  applied_ = doc["offset"].get<uint64_t>();
+  primary_offset_ = applied_.load();
+  following_ = true;
+  {
+    std::lock_guard lock(state_mu_);
+    state_replid_ = follow_replid_;
+    saved_offset_ = applied_;
+  }
+  logger_("Resuming replication replid=" + follow_replid_ +
+          " offset=" + std::to_string(applied_.load()) + " (no full sync unless the primary's "
+          "backlog no longer holds it)");
 }
 
 }  // namespace kvcache::node

@@ -58,6 +58,12 @@ struct ReplicationOptions {
   uint64_t ready_lag_records = 1000;  // a replica is ready once synced and this close
   size_t batch_bytes = 512 * 1024;
   std::string cluster_token;
+  // Partial resync after a replica restart (empty: off, e.g. without persistence): the replica
+  // saves {replid, offset} here once its local log is durable past that offset, and resumes
+  // from it at start instead of asking for a full sync. `durable_offset` is the local log's
+  // last durable record (the ReplicationLog's numbering).
+  std::string state_path;
+  std::function<uint64_t()> durable_offset;
 };
 
 // Renders log lines (spdlog lives in main).
@@ -90,7 +96,7 @@ class Replication {
   kvcache::Status CheckWritable() const;
 
   // Calls `done` once the write with `offset` is acknowledged as the mode requires: at once in
-  // async mode; in sync mode when min_acks replicas applied it (OK), or Unavailable on timeout
+  // async mode or outside any topology; in sync mode when min_acks replicas applied it (OK), or Unavailable on timeout
   // or when this node stops being primary (the client must not count on the write).
   void WaitAcked(uint64_t offset, std::function<void(const Status&)> done);
 
@@ -140,6 +146,11 @@ class Replication {
   void FailWaiters(const kvcache::Status& why);
   void ControlLoop();
   kvcache::Status ApplyRecord(const ReplRecord& record);
+  // Partial-resync state file (see ReplicationOptions::state_path).
+  void Checkpoint(uint64_t applied);  // REQUIRES: apply_mu_ held
+  void ForgetState();                 // REQUIRES: apply_mu_ held
+  void SaveState();
+  void LoadState();                   // REQUIRES: apply_mu_ held
 
   Store& store_;
   ClusterView& cluster_;
@@ -164,6 +175,13 @@ class Replication {
   std::atomic<bool> syncing_{false};
   std::atomic<uint64_t> applied_{0};
   std::atomic<uint64_t> primary_offset_{0};
+  std::atomic<bool> contact_{false};  // a batch of the current leader was accepted
+
+  // Checkpoints (primary offset applied, local log offset it needs) for the state file.
+  std::mutex state_mu_;
+  std::string state_replid_;
+  std::vector<std::pair<uint64_t, uint64_t>> checkpoints_;
+  uint64_t saved_offset_ = 0;
 
   // Role and senders.
   mutable std::mutex mu_;
@@ -175,6 +193,7 @@ class Replication {
 
   std::mutex waiters_mu_;
   std::multimap<uint64_t, Waiter> waiters_;
+  std::vector<std::function<void(const kvcache::Status&)>> demoted_waiters_;  // to fail
   uint64_t quorum_offset_ = 0;
 
   std::mutex control_mu_;

@@ -309,7 +309,7 @@ class RequestHandler : public Http::Handler {
 
   // Returns a callable that answers this request later, from any thread. On the worker
   // thread (the answer came at once) it writes as usual. From another thread (the journal's
-  // flusher, cpprestsdk) it must not go through Pistache: Peer::send queues by fd number, and
+  // flusher, the forwarder) it must not go through Pistache: Peer::send queues by fd number, and
   // if the client disconnects and a new connection gets the same number before the queue is
   // drained, the answer would reach the wrong client. So the callable holds its own dup() of
   // this connection's socket, taken now while the fd surely is this connection's, and writes
@@ -449,13 +449,21 @@ class RequestHandler : public Http::Handler {
     }
     auto answer = Deferred(peer, framing, api_req.method, started);
     std::string owner(out.owner);
+    const int not_found_code = out.forward_not_found_code;
     forwarder_->Forward(
         out.forward_to->addr, std::move(request),
-        [answer, owner](StatusOr<ForwardResponse> got) {
+        [answer, owner, not_found_code](StatusOr<ForwardResponse> got) {
           if (!got.ok()) {
             ApiResponse failed = JsonFailure(got.status(), "");
             failed.extra_headers.emplace_back("X-KVCache-Owner", owner);
             answer(std::move(failed));
+            return;
+          }
+          if (not_found_code != 0 && got->code == 404) {
+            ApiResponse done;
+            done.code = not_found_code;
+            done.extra_headers.emplace_back("X-KVCache-Owner", owner);
+            answer(std::move(done));
             return;
           }
           ApiResponse relayed;

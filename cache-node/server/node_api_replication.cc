@@ -79,6 +79,7 @@ std::optional<ApiResponse> NodeApi::HandleReplicationAdmin(const ApiRequest& req
     protocol::NodeStatus status = replication_->Describe();
     status.ready = ready_() && replication_->CaughtUp();
     status.keys = store_.Stats().keys;
+    if (migrations_ != nullptr) status.migration = migrations_->status();
     return JsonAnswer(200, protocol::EncodeNodeStatus(status));
   }
   if (req.path == "/internal/promote" || req.path == "/internal/replication") {
@@ -105,6 +106,7 @@ std::optional<ApiResponse> NodeApi::HandleReplicationAdmin(const ApiRequest& req
     protocol::NodeStatus status = replication_->Describe();
     status.ready = ready_() && replication_->CaughtUp();
     status.keys = store_.Stats().keys;
+    if (migrations_ != nullptr) status.migration = migrations_->status();
     return JsonAnswer(200, protocol::EncodeNodeStatus(status));
   }
   return std::nullopt;

@@ -113,6 +113,12 @@ class Store {
   // Returns NotFound if the key is absent or expired. `seq` receives the log sequence number.
   Status Delete(std::string_view key, uint64_t* seq = nullptr);
 
+  // Deletes the entry only if it is still the version the caller read: same ETag and same
+  // expiry (a slot migration removes a key it has copied only if no write came in between).
+  // Returns NotFound if the key is absent or expired, FailedPrecondition if it changed.
+  Status DeleteIfUnchanged(std::string_view key, uint64_t etag, int64_t expire_at_ms,
+                           uint64_t* seq = nullptr);
+
   // Removes every entry, holding every shard's lock for the moment it takes, so no write is
   // half-before, half-after. Returns how many live entries were removed, or the log's error.
   StatusOr<uint64_t> Flush(uint64_t* seq = nullptr);
@@ -157,6 +163,10 @@ class Store {
   uint32_t EvictionScore(const Entry* e, int64_t now_ms) const;
   // REQUIRES: the shard's lock is held exclusively. Unlinks the entry at `slot` and returns it.
   Entry* RemoveLocked(Shard& shard, size_t slot);
+  // Delete(), refused with FailedPrecondition when `condition` (if set) is false for the live
+  // entry.
+  Status DeleteWhere(std::string_view key, const std::function<bool(const Entry&)>& condition,
+                     uint64_t* seq);
 
   const StoreOptions options_;
   const Clock& clock_;

@@ -155,12 +155,18 @@ StatusOr<std::string> Informer::ListAndReplace(std::stop_token stop) {
   if (!result.ok()) return result.status();
   if (stop.stop_requested()) return CancelledStatus();
 
+  // Cache change and handler calls under dispatch_mu_: a handler added meanwhile sees each
+  // object exactly once (from AddHandler's replay or from here, never both).
+  std::lock_guard dispatch(dispatch_mu_);
   std::vector<Notification> notes;
   {
     std::lock_guard lock(mu_);
     if (!first) ++stats_.relists;
     std::set<Key> seen;
     for (Object& item : result->items) {
+      if (options_.strip_managed_fields && item.contains("metadata")) {
+        item["metadata"].erase("managedFields");
+      }
       auto object = std::make_shared<const Object>(std::move(item));
       seen.insert({MetaString(*object, "namespace"), MetaString(*object, "name")});
       Upsert(std::move(object), &notes);
@@ -171,25 +177,35 @@ StatusOr<std::string> Informer::ListAndReplace(std::stop_token stop) {
     }
     for (auto& [key, last] : gone) Remove(key, last, &notes);
     resource_version_ = result->resource_version;
+  }
+  DispatchLocked(notes);
+  {
+    // Synced once the handlers have seen the initial state too.
+    std::lock_guard lock(mu_);
     synced_ = true;
   }
   synced_cv_.notify_all();
-  Dispatch(notes);
   return result->resource_version;
 }
 
 Status Informer::CancelledStatus() { return UnavailableError("informer stopped"); }
 
 void Informer::Apply(const WatchEvent& event) {
+  std::lock_guard dispatch(dispatch_mu_);
   std::vector<Notification> notes;
   {
     std::lock_guard lock(mu_);
     std::string rv = MetaString(event.object, "resourceVersion");
     switch (event.type) {
       case WatchEvent::Type::kAdded:
-      case WatchEvent::Type::kModified:
-        Upsert(std::make_shared<const Object>(event.object), &notes);
+      case WatchEvent::Type::kModified: {
+        auto object = std::make_shared<Object>(event.object);
+        if (options_.strip_managed_fields && object->contains("metadata")) {
+          (*object)["metadata"].erase("managedFields");
+        }
+        Upsert(std::move(object), &notes);
         break;
+      }
       case WatchEvent::Type::kDeleted:
         Remove({MetaString(event.object, "namespace"), MetaString(event.object, "name")},
                std::make_shared<const Object>(event.object), &notes);
@@ -202,7 +218,7 @@ void Informer::Apply(const WatchEvent& event) {
     if (!rv.empty()) resource_version_ = rv;
     ++stats_.events;
   }
-  Dispatch(notes);
+  DispatchLocked(notes);
 }
 
 // REQUIRES: mu_ held.
@@ -261,9 +277,8 @@ void Informer::IndexLocked(const Key& key, const Object& object, bool add) {
   }
 }
 
-void Informer::Dispatch(const std::vector<Notification>& notes) {
-  if (notes.empty()) return;
-  std::lock_guard dispatch(dispatch_mu_);
+// REQUIRES: dispatch_mu_ held (not mu_: handlers may read the cache).
+void Informer::DispatchLocked(const std::vector<Notification>& notes) {
   for (const Notification& n : notes) {
     for (const EventHandlers& h : handlers_) {
       switch (n.change) {
@@ -283,6 +298,7 @@ void Informer::Dispatch(const std::vector<Notification>& notes) {
 
 void Informer::ResyncLoop(std::stop_token stop) {
   while (clock_.SleepFor(options_.resync_period, stop)) {
+    std::lock_guard dispatch(dispatch_mu_);
     std::vector<Notification> notes;
     {
       std::lock_guard lock(mu_);
@@ -291,7 +307,7 @@ void Informer::ResyncLoop(std::stop_token stop) {
         notes.push_back({Change::kUpdate, entry.object, entry.object});
       }
     }
-    Dispatch(notes);
+    DispatchLocked(notes);
   }
 }
 

@@ -43,6 +43,9 @@ struct InformerOptions {
   Clock::Duration backoff_initial = std::chrono::milliseconds(800);
   Clock::Duration backoff_max = std::chrono::seconds(30);
   ClientMetrics* metrics = nullptr;                     // watch restarts; not owned
+  // Drop metadata.managedFields from cached objects (controller-runtime does the same): they
+  // are most of an object's size and a controller never reads them.
+  bool strip_managed_fields = true;
 };
 
 struct EventHandlers {
@@ -65,7 +68,7 @@ class Informer {
   // Stops the threads (cancelling a blocked watch) and waits for them. Idempotent.
   void Stop();
 
-  // True once the first LIST has been stored.
+  // True once the first LIST has been stored and delivered to the handlers.
   bool HasSynced() const;
   // Waits (real time) until HasSynced or the timeout passes.
   bool WaitForSync(std::chrono::milliseconds timeout) const;
@@ -111,7 +114,7 @@ class Informer {
   void Upsert(std::shared_ptr<const Object> object, std::vector<Notification>* out);
   void Remove(const Key& key, std::shared_ptr<const Object> last, std::vector<Notification>* out);
   void IndexLocked(const Key& key, const Object& object, bool add);
-  void Dispatch(const std::vector<Notification>& notes);
+  void DispatchLocked(const std::vector<Notification>& notes);
   Clock::Duration NextBackoff();
   static Status CancelledStatus();
   std::vector<Object> CollectLocked(const std::set<Key>& keys, std::string_view ns) const;
@@ -131,7 +134,9 @@ class Informer {
   bool synced_ = false;
   Stats stats_;
 
-  std::mutex dispatch_mu_;  // handlers run one at a time
+  // Lock order: dispatch_mu_, then mu_. Held while the cache changes and its handlers run, so
+  // handlers run one at a time and in the order of the changes.
+  std::mutex dispatch_mu_;
   std::vector<EventHandlers> handlers_;
 
   std::mutex backoff_mu_;

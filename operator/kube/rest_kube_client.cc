@@ -120,6 +120,7 @@ struct RestKubeClient::Impl {
   // Unavailable for transport failures.
   StatusOr<Answer> Send(std::string_view verb, const method& m, const std::string& target,
                         const std::string* body, const std::string& content_type) {
+    int transport_retries = 0;
     for (int attempt = 0;; ++attempt) {
       http_request request(m);
       request.set_request_uri(utility::conversions::to_string_t(target));
@@ -138,7 +139,20 @@ struct RestKubeClient::Impl {
         if (it != response.headers().end()) retry_after = it->second;
       } catch (const std::exception& e) {
         Observe(verb, 0, start);
-        return UnavailableError("request to " + config.server + target + " failed: " + e.what());
+        // A pooled keep-alive connection the server closed (an apiserver restart) fails on
+        // first use. Send again when that cannot duplicate a write: reads and PUTs, or
+        // when the request never left (connect/write failures).
+        std::string what = e.what();
+        bool unsent = what.find("write") != std::string::npos ||
+                      what.find("connect") != std::string::npos;
+        // The pool may hold several dead connections: a few quick tries drain them.
+        if (transport_retries < 3 && (m == methods::GET || m == methods::PUT || unsent)) {
+          ++transport_retries;
+          --attempt;
+          clock->SleepFor(std::chrono::milliseconds(20 * transport_retries), {});
+          continue;
+        }
+        return UnavailableError("request to " + config.server + target + " failed: " + what);
       }
       Observe(verb, answer.code, start);
       bool throttled = answer.code == 429 || answer.code >= 500;

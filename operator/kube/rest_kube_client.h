@@ -10,6 +10,9 @@
 //     max_retries times, as client-go does; then the error is returned.
 //   - Watch streams NDJSON over its own http_client whose inactivity timeout exceeds the
 //     server-side timeoutSeconds; a stop request cancels the blocked read at once.
+//   - A transport failure is retried (up to 3 times, 20-60 ms apart) when resending cannot duplicate a write (GET,
+//     PUT, or the request was never written): a pooled connection closed by an apiserver
+//     restart otherwise fails the first call after it.
 //   - Metrics (ClientMetrics): requests by verb/code, latency.
 //
 // Thread safety: every method may be called from any thread concurrently.
