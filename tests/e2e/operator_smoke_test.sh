@@ -47,7 +47,7 @@ cleanup() {
   rm -rf "$state"
   exit $rc
 }
-trap cleanup EXIT
+trap cleanup EXIT INT TERM
 
 # await SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.5 s until it succeeds.
 await() {
