@@ -50,12 +50,22 @@ check_host_clean() {
   if ip link show kvcbr0 >/dev/null 2>&1; then log "LEFT: bridge kvcbr0"; left=1; fi
   if ip route show 10.96.0.0/16 2>/dev/null | grep -q .; then log "LEFT: route 10.96.0.0/16"; left=1; fi
   if iptables -S LOCALK8S-FWD >/dev/null 2>&1; then log "LEFT: iptables chain LOCALK8S-FWD"; left=1; fi
-  if iptables -t nat -S 2>/dev/null | grep -q 'KUBE-'; then log "LEFT: KUBE-* nat chains"; left=1; fi
+  local ipt
+  for ipt in iptables-save ip6tables-save; do
+    if "$ipt" 2>/dev/null | grep -qiE 'KUBE-|localk8s|kvcbr0'; then
+      log "LEFT: $ipt: $("$ipt" | grep -iE 'KUBE-|localk8s|kvcbr0' | head -5 | tr '\n' ' ')"; left=1
+    fi
+  done
+  local fwd_now
+  fwd_now=$(cat /proc/sys/net/ipv4/ip_forward)
+  if [ "$fwd_now" != "$fwd_before" ]; then
+    log "LEFT: net.ipv4.ip_forward is $fwd_now, was $fwd_before before localk8s"; left=1
+  fi
   if [ -n "$state" ] && pgrep -f -- "$state" >/dev/null 2>&1; then
     log "LEFT: processes using $state: $(pgrep -f -- "$state" | tr '\n' ' ')"; left=1
   fi
   if [ "$left" -eq 0 ]; then
-    log "host clean: no lk8s-* netns, no kvcbr0, no 10.96.0.0/16 route, no LOCALK8S-FWD/KUBE-* chains, no processes"
+    log "host clean: no lk8s-* netns, no kvcbr0, no 10.96.0.0/16 route, no LOCALK8S-FWD/KUBE-* chains, no processes, ip_forward=$fwd_now as before"
   else
     fail=1
   fi
@@ -70,6 +80,7 @@ if [ -z "${KUBECONFIG:-}" ]; then
   if ip link show kvcbr0 >/dev/null 2>&1; then
     log "kvcbr0 exists: another localk8s runs in this network namespace; stop it or set KUBECONFIG"; exit 1
   fi
+  fwd_before=$(cat /proc/sys/net/ipv4/ip_forward)
   state=$(mktemp -d /tmp/lk8s-conformance.XXXXXX)
   log "starting localk8s up --state-dir $state --nodes 3"
   "$BIN_DIR/localk8s" up --state-dir "$state" --nodes 3 --image "python=/usr/bin/python3" >"$state.up.log" 2>&1 &

@@ -36,6 +36,8 @@ type rootEnv struct {
 
 const testBridge = "kvctest0"
 
+const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
+
 func newRootEnv(t *testing.T, objs ...any) *rootEnv {
 	if os.Getenv("KVCACHE_LOCALK8S_ROOT") != "1" {
 		t.Skip("set KVCACHE_LOCALK8S_ROOT=1 to run (root, bwrap, /usr/lib/cni)")
@@ -46,6 +48,12 @@ func newRootEnv(t *testing.T, objs ...any) *rootEnv {
 		testBridge, filepath.Join(dir, "ipam"))
 	confPath := filepath.Join(dir, "net.conflist")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The bridge plugin's isGateway turns on net.ipv4.ip_forward for the whole host: put back
+	// what was there (every root test holds /tmp/localk8s.lock, so no cluster relies on it).
+	fwdBefore, err := os.ReadFile(ipForwardPath)
+	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -73,6 +81,11 @@ func newRootEnv(t *testing.T, objs ...any) *rootEnv {
 		e.p.Shutdown(time.Second)
 		cancel()
 		exec.Command("ip", "link", "del", testBridge).Run()
+		if cur, err := os.ReadFile(ipForwardPath); err == nil && string(cur) != string(fwdBefore) {
+			if err := os.WriteFile(ipForwardPath, fwdBefore, 0o644); err != nil {
+				t.Errorf("restoring %s to %q: %v", ipForwardPath, strings.TrimSpace(string(fwdBefore)), err)
+			}
+		}
 		// nothing of ours may be left
 		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "kvc-testnode-") {
 			t.Errorf("netns left: %s", out)
