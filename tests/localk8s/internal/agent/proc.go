@@ -30,6 +30,13 @@ type proc struct {
 // startProc starts the sandboxed process, its output going to logPath in CRI log format
 // ("<RFC3339Nano> stdout|stderr F <line>").
 func startProc(args []string, env []string, logPath string) (*proc, error) {
+	return startProcWith(args, env, logPath, nil, true)
+}
+
+// startProcWith is startProc with fd4 (if not nil) passed to the child as fd 4 (the shared PID
+// namespace for bwrap --pidns 4). waitExec waits until bwrap's child has exec'd its program
+// (false for a pod's infra process, whose PID 1 stays bwrap's init).
+func startProcWith(args []string, env []string, logPath string, fd4 *os.File, waitExec bool) (*proc, error) {
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, err
 	}
@@ -45,6 +52,9 @@ func startProc(args []string, env []string, logPath string) (*proc, error) {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = env
 	cmd.ExtraFiles = []*os.File{statusW} // fd 3
+	if fd4 != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, fd4)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	outR, err := cmd.StdoutPipe()
 	if err != nil {
@@ -115,7 +125,7 @@ func startProc(args []string, env []string, logPath string) (*proc, error) {
 	}
 	// bwrap reports the child's pid before the sandbox is set up: wait until the child has
 	// exec'd the container's program, so exec/nsenter sees the finished mount namespace.
-	if p.childPid > 0 {
+	if p.childPid > 0 && waitExec {
 		for i := 0; i < 300; i++ {
 			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.childPid))
 			if err != nil || !strings.HasSuffix(exe, "/bwrap") {

@@ -401,3 +401,36 @@ func TestRootGracefulDelete(t *testing.T) {
 		t.Errorf("final: %s %+v", last.Status.Phase, last.Status.ContainerStatuses[0].State)
 	}
 }
+
+// shareProcessNamespace: the containers share one PID namespace whose PID 1 is neither of them,
+// so one container sees the other's process and its SIGKILL is not ignored (as for PID 1).
+func TestRootSharedPIDNamespace(t *testing.T) {
+	e := newRootEnv(t)
+	killer := `for i in $(seq 100); do
+  for p in /proc/[0-9]*; do
+    if tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^sleep 1001'; then kill -9 ${p#/proc/} && echo killed ${p#/proc/}; exec sleep 1000; fi
+  done
+  sleep 0.1
+done
+echo not found; exec sleep 1000`
+	pod := testPod("shared",
+		corev1.Container{Name: "victim", Image: "busybox", Command: []string{"sleep", "1001"}},
+		corev1.Container{Name: "killer", Image: "busybox", Command: []string{"sh", "-c", killer}})
+	share := true
+	pod.Spec.ShareProcessNamespace = &share
+	if err := e.p.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	got := e.waitFor("shared", "victim killed by the other container and restarted", func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 2 && p.Status.ContainerStatuses[0].RestartCount >= 1 &&
+			p.Status.ContainerStatuses[0].State.Running != nil
+	}, 40*time.Second)
+	if lt := got.Status.ContainerStatuses[0].LastTerminationState.Terminated; lt == nil || lt.ExitCode != 137 {
+		t.Errorf("victim lastState.terminated = %+v, want exit code 137", lt)
+	}
+	out := logsOf(t, e.p, "shared", "killer", api.ContainerLogOpts{})
+	t.Logf("killer: %q; victim restarts %d", out, got.Status.ContainerStatuses[0].RestartCount)
+	if !strings.Contains(out, "killed ") || strings.Contains(out, "killed 1\n") {
+		t.Errorf("killer log: %q (want a kill of a pid other than 1)", out)
+	}
+}
