@@ -169,7 +169,13 @@ func (pr *podRuntime) snapshot() *corev1.Pod {
 	}
 	st.Phase = phase
 	st.Reason, st.Message = pr.reason, pr.message
-	pr.conds = ComputeConditions(pr.conds, &pod.Spec, phase, st.InitContainerStatuses, st.ContainerStatuses, metav1.Now())
+	var apiConds []corev1.PodCondition
+	if len(pod.Spec.ReadinessGates) > 0 && pr.p.podFromAPI != nil {
+		if cur, err := pr.p.podFromAPI(pod.Namespace, pod.Name); err == nil && cur.UID == pod.UID {
+			apiConds = cur.Status.Conditions
+		}
+	}
+	pr.conds = ComputeConditionsWithGates(pr.conds, &pod.Spec, phase, st.InitContainerStatuses, st.ContainerStatuses, apiConds, metav1.Now())
 	st.Conditions = append([]corev1.PodCondition(nil), pr.conds...)
 	pod.Status = *st
 	return pod
@@ -389,6 +395,14 @@ func (pr *podRuntime) runContainer(c *ctrRuntime) bool {
 		if !ok {
 			pr.setWaiting(c, "ErrImagePull", ErrImageNotMapped(c.spec.Image))
 			pr.p.event(pr.currentPod(), corev1.EventTypeWarning, "Failed", fmt.Sprintf("Failed to pull image %q: %s", c.spec.Image, ErrImageNotMapped(c.spec.Image)))
+			if !pr.sleep(10 * time.Second) {
+				return false
+			}
+			continue
+		}
+		if msg := ProgramMissing(c.spec.Image, program); msg != "" && len(c.spec.Command) == 0 {
+			pr.setWaiting(c, "ErrImagePull", msg)
+			pr.p.event(pr.currentPod(), corev1.EventTypeWarning, "Failed", fmt.Sprintf("Failed to pull image %q: %s", c.spec.Image, msg))
 			if !pr.sleep(10 * time.Second) {
 				return false
 			}
