@@ -169,7 +169,9 @@ func (pr *podRuntime) snapshot() *corev1.Pod {
 	}
 	st.Phase = phase
 	st.Reason, st.Message = pr.reason, pr.message
-	var apiConds []corev1.PodCondition
+	// readiness gates' conditions as the API has them; if the informer cannot say, the last
+	// known ones (never drop a condition another controller set)
+	apiConds := pr.conds
 	if len(pod.Spec.ReadinessGates) > 0 && pr.p.podFromAPI != nil {
 		if cur, err := pr.p.podFromAPI(pod.Namespace, pod.Name); err == nil && cur.UID == pod.UID {
 			apiConds = cur.Status.Conditions

@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -128,6 +129,8 @@ func ComputeConditionsWithGates(prev []corev1.PodCondition, spec *corev1.PodSpec
 		}
 		if found == nil {
 			gateMsgs = append(gateMsgs, fmt.Sprintf("corresponding condition of pod readiness gate %q does not exist.", string(g.ConditionType)))
+			// gone from the API object: do not write back an old copy
+			conds = slices.DeleteFunc(conds, func(c corev1.PodCondition) bool { return c.Type == g.ConditionType })
 			continue
 		}
 		replaced := false
