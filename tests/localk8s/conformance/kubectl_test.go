@@ -173,4 +173,31 @@ func TestKubectlAttach(t *testing.T) {
 		t.Errorf("attach repeated tick %s", first[1])
 	}
 	t.Logf("attach streamed tick %s .. tick %s and stderr", first[1], next[1])
+
+	// attach -i: input reaches a container with stdin: true
+	echo := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: podSpec(corev1.Container{Name: "echo", Image: image, Stdin: true,
+			Command: []string{"python3", "-u", "-c", "import sys\nprint('echo ready', flush=True)\nfor l in sys.stdin:\n    print('got:', l.strip(), flush=True)"}})}
+	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), echo, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	awaitPodReady(t, ns, "echo")
+	cmd := exec.Command(kubectlBin, "attach", "-i", "-n", ns, "pod/echo", "-c", "echo")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	cmd.Stdin = strings.NewReader("hello attach\n")
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	in := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			in <- sc.Text()
+		}
+		close(in)
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); pw.Close() })
+	awaitLine(t, in, regexp.MustCompile(`^got: hello attach$`), 30*time.Second)
 }

@@ -329,7 +329,7 @@ func (pr *podRuntime) setupSandbox() error {
 		// (bwrap's init, reaping orphans) is none of the containers.
 		args := BwrapArgs(osFS{}, SandboxSpec{Netns: pr.netns, Hostname: PodHostname(pod), Infra: true,
 			Argv: []string{"sleep", "infinity"}, StatusFD: 3})
-		infra, err := startProcWith(args, os.Environ(), filepath.Join(pr.dir, "logs", "infra.log"), nil, false)
+		infra, err := startProcWith(args, os.Environ(), filepath.Join(pr.dir, "logs", "infra.log"), nil, false, false)
 		if err != nil {
 			return fmt.Errorf("starting the pod's shared PID namespace: %w", err)
 		}
@@ -486,7 +486,7 @@ func (pr *podRuntime) runContainer(c *ctrRuntime) bool {
 		args = cg.wrap(args)
 		logPath := filepath.Join(c.logDir, fmt.Sprintf("%d.log", restarts))
 		os.Remove(logPath)
-		pc, err := startProcWith(args, EnvStrings(fullEnv), logPath, pidNs, true)
+		pc, err := startProcWith(args, EnvStrings(fullEnv), logPath, pidNs, true, c.spec.Stdin)
 		if pidNs != nil {
 			pidNs.Close()
 		}

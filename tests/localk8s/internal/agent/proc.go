@@ -25,18 +25,23 @@ type proc struct {
 	signaled bool
 	finished time.Time
 	logPath  string
+	// stdin is the write end of the container's stdin (spec.stdin), nil when its stdin is
+	// /dev/null. attach writes to it; stdinMu serializes attaches.
+	stdin   *os.File
+	stdinMu sync.Mutex
 }
 
 // startProc starts the sandboxed process, its output going to logPath in CRI log format
 // ("<RFC3339Nano> stdout|stderr F <line>").
 func startProc(args []string, env []string, logPath string) (*proc, error) {
-	return startProcWith(args, env, logPath, nil, true)
+	return startProcWith(args, env, logPath, nil, true, false)
 }
 
 // startProcWith is startProc with fd4 (if not nil) passed to the child as fd 4 (the shared PID
 // namespace for bwrap --pidns 4). waitExec waits until bwrap's child has exec'd its program
-// (false for a pod's infra process, whose PID 1 stays bwrap's init).
-func startProcWith(args []string, env []string, logPath string, fd4 *os.File, waitExec bool) (*proc, error) {
+// (false for a pod's infra process, whose PID 1 stays bwrap's init). withStdin gives the
+// process a pipe as stdin (a container with `stdin: true`), kept open for `kubectl attach -i`.
+func startProcWith(args []string, env []string, logPath string, fd4 *os.File, waitExec, withStdin bool) (*proc, error) {
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, err
 	}
@@ -64,14 +69,31 @@ func startProcWith(args []string, env []string, logPath string, fd4 *os.File, wa
 	if err != nil {
 		return nil, err
 	}
+	var stdinR, stdinW *os.File
+	if withStdin {
+		if stdinR, stdinW, err = os.Pipe(); err != nil {
+			lf.Close()
+			statusR.Close()
+			statusW.Close()
+			return nil, err
+		}
+		cmd.Stdin = stdinR
+	}
 	if err := cmd.Start(); err != nil {
 		lf.Close()
 		statusR.Close()
 		statusW.Close()
+		if stdinR != nil {
+			stdinR.Close()
+			stdinW.Close()
+		}
 		return nil, err
 	}
 	statusW.Close()
-	p := &proc{cmd: cmd, started: time.Now(), done: make(chan struct{}), logPath: logPath}
+	if stdinR != nil {
+		stdinR.Close()
+	}
+	p := &proc{cmd: cmd, started: time.Now(), done: make(chan struct{}), logPath: logPath, stdin: stdinW}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	copyLog := func(r io.Reader, stream string) {
@@ -139,6 +161,9 @@ func startProcWith(args []string, env []string, logPath string, fd4 *os.File, wa
 		err := cmd.Wait()
 		lf.Close()
 		p.finished = time.Now()
+		if p.stdin != nil {
+			p.stdin.Close()
+		}
 		if err != nil {
 			if ee, ok := err.(*exec.ExitError); ok {
 				ws := ee.Sys().(syscall.WaitStatus)

@@ -510,8 +510,9 @@ func (p *Provider) RunInContainer(ctx context.Context, ns, podName, ctrName stri
 // AttachToContainer is not supported.
 // AttachToContainer serves `kubectl attach`: the running container's output from now on, stdout
 // and stderr apart (merged onto stdout for a TTY), until the container exits or the client
-// goes. The containers' stdin is not connected (it is /dev/null), so `attach -i` gets no input
-// through.
+// goes; with `-i`, the client's input goes to the container's stdin if the container has
+// `stdin: true` (a pipe; with `stdinOnce`, closed when the first attach's input ends), else it
+// is discarded as the kubelet does.
 func (p *Provider) AttachToContainer(ctx context.Context, ns, podName, ctrName string, attach api.AttachIO) error {
 	pr, c, err := p.container(ns, podName, ctrName)
 	if err != nil {
@@ -526,6 +527,21 @@ func (p *Provider) AttachToContainer(ctx context.Context, ns, podName, ctrName s
 	stdout, stderr := attach.Stdout(), attach.Stderr()
 	if stderr == nil || attach.TTY() {
 		stderr = stdout
+	}
+	if in := attach.Stdin(); in != nil {
+		if pc.stdin != nil {
+			once := c.spec.StdinOnce
+			go func() {
+				pc.stdinMu.Lock()
+				defer pc.stdinMu.Unlock()
+				_, _ = io.Copy(pc.stdin, in)
+				if once {
+					pc.stdin.Close()
+				}
+			}()
+		} else {
+			go io.Copy(io.Discard, in)
+		}
 	}
 	return followCRI(ctx, pc.logPath, pc.done, stdout, stderr)
 }
