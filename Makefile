@@ -101,7 +101,7 @@ test-localk8s: build ## Only the localk8s tier (root: a real control plane, brid
 	cd $(BUILD_DIR) && ctest --output-on-failure -L '^localk8s$$'
 
 conformance-localk8s: build ## The cluster conformance suite on a fresh localk8s (root; tests/localk8s/conformance)
-	flock /tmp/localk8s.lock tests/localk8s/conformance/run.sh
+	BIN_DIR=$(abspath $(BUILD_DIR))/bin tests/localk8s/conformance/run.sh
 
 localk8s-up: localk8s ## Run localk8s in the foreground (Ctrl-C stops it and cleans the host)
 	flock /tmp/localk8s.lock $(BUILD_DIR)/bin/localk8s up --state-dir $(LOCALK8S_DIR)
