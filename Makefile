@@ -20,7 +20,7 @@ DEBIAN_PACKAGES := \
   chromium chromium-driver \
   wrk nginx-light webdis redis-server redis-tools \
   iproute2 iptables nftables containernetworking-plugins bubblewrap conntrack util-linux \
-  python3-kubernetes
+  python3-kubernetes prometheus
 
 .PHONY: help deps build test test-unit test-integration run bench bench-persist fuzz clean format \
   localk8s localk8s-bins test-localk8s conformance-localk8s localk8s-up localk8s-down
