@@ -18,7 +18,7 @@ import (
 // proc is one running container instance: `ip netns exec NS bwrap ... -- argv`.
 type proc struct {
 	cmd      *exec.Cmd
-	childPid int // the container's main process (pid 1 in its pid namespace), host pid
+	childPid int // the container's main process (host pid; PID 1 of its own PID namespace, or not with shareProcessNamespace)
 	started  time.Time
 	done     chan struct{}
 	exitCode int32
