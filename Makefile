@@ -13,7 +13,7 @@ LOCALK8S_DIR ?= $(abspath $(BUILD_DIR))/localk8s-state
 # npm come with the machine (Debian's npm would conflict with that Node.js).
 DEBIAN_PACKAGES := \
   build-essential cmake ninja-build pkg-config git ca-certificates curl \
-  libpistache-dev libcpprest-dev prometheus-cpp-dev nlohmann-json3-dev libgtest-dev \
+  libpistache-dev libcpprest-dev libboost1.74-dev prometheus-cpp-dev nlohmann-json3-dev libgtest-dev \
   libgmock-dev libbenchmark-dev libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev \
   libxxhash-dev libssl-dev clang clang-format libclang-rt-14-dev \
   python3 python3-venv python3-pytest python3-requests python3-selenium \

@@ -8,6 +8,7 @@
 // Shutdown order (SIGTERM, e.g. from the kubelet):
 //   1. readiness turns false, so load balancers stop sending new requests;
 //   2. the HTTP server stops accepting and its workers finish the request in hand;
+//   2b. a slot migration's streaming stops after its batch in hand (it resumes on restart);
 //   3. persistence: optional final snapshot, then the log is written and fsynced;
 //   4. background work (active expiry) stops; the process exits 0.
 #include <signal.h>
@@ -29,6 +30,8 @@
 
 #include "cluster/cluster_view.h"
 #include "cluster/forwarder.h"
+#include "cluster/migration.h"
+#include "cluster/replication.h"
 #include "persist/env.h"
 #include "persist/persistence.h"
 #include "server/http_server.h"
@@ -63,6 +66,14 @@ struct Flags {
   std::string topology_file;
   std::string cluster_token_file;
   int forward_timeout_ms = 5000;
+  size_t migration_batch_keys = 1000;
+  std::string migration_batch_bytes = "512Ki";
+  uint64_t migration_max_keys_per_second = 0;
+  std::string replication = "async";
+  int min_acks = 1;
+  int replication_timeout_ms = 2000;
+  std::string replication_backlog_bytes = "64Mi";
+  int primary_lease_ms = 0;
   std::string log_format = "text";
   std::string log_level = "info";
 };
@@ -264,6 +275,46 @@ int Run(int argc, char** argv) {
       ->envname("KVCACHE_FORWARD_TIMEOUT_MS")
       ->check(CLI::Range(10, 600000))
       ->capture_default_str();
+  app.add_option("--migration-batch-keys", flags.migration_batch_keys,
+                 "Slot migration (source): keys per import batch sent to the target")
+      ->envname("KVCACHE_MIGRATION_BATCH_KEYS")
+      ->check(CLI::Range(size_t{1}, size_t{100000}))
+      ->capture_default_str();
+  app.add_option("--migration-batch-bytes", flags.migration_batch_bytes,
+                 "Slot migration (source): largest import batch in bytes (one key at least); "
+                 "keep it below the target's request limit")
+      ->envname("KVCACHE_MIGRATION_BATCH_BYTES")
+      ->capture_default_str();
+  app.add_option("--migration-max-keys-per-second", flags.migration_max_keys_per_second,
+                 "Slot migration (source): at most this many keys per second (0: no limit)")
+      ->envname("KVCACHE_MIGRATION_MAX_KEYS_PER_SECOND")
+      ->capture_default_str();
+  app.add_option("--replication", flags.replication,
+                 "async: a write is answered once in the local log; sync: once --min-acks "
+                 "replicas have applied it too (else 503 + Retry-After: not acknowledged)")
+      ->envname("KVCACHE_REPLICATION")
+      ->check(CLI::IsMember({"async", "sync"}))
+      ->capture_default_str();
+  app.add_option("--min-acks", flags.min_acks, "Replicas that must apply a write in sync mode")
+      ->envname("KVCACHE_MIN_ACKS")
+      ->check(CLI::Range(0, 16))
+      ->capture_default_str();
+  app.add_option("--replication-timeout-ms", flags.replication_timeout_ms,
+                 "Sync mode: answer 503 when the replicas have not acknowledged a write in time")
+      ->envname("KVCACHE_REPLICATION_TIMEOUT_MS")
+      ->check(CLI::Range(10, 600000))
+      ->capture_default_str();
+  app.add_option("--replication-backlog-bytes", flags.replication_backlog_bytes,
+                 "Recent writes a primary keeps for replicas that fall behind; a replica further "
+                 "behind gets a full sync")
+      ->envname("KVCACHE_REPLICATION_BACKLOG_BYTES")
+      ->capture_default_str();
+  app.add_option("--primary-lease-ms", flags.primary_lease_ms,
+                 "If > 0, a primary with replicas refuses writes (503) unless a replica answered "
+                 "within this time: bounds what a cut-off async primary acknowledges. 0 = off")
+      ->envname("KVCACHE_PRIMARY_LEASE_MS")
+      ->check(CLI::Range(0, 600000))
+      ->capture_default_str();
   app.add_option("--log-format", flags.log_format, "text (klog-like) or json")
       ->envname("KVCACHE_LOG_FORMAT")
       ->check(CLI::IsMember({"text", "json"}))
@@ -278,9 +329,13 @@ int Run(int argc, char** argv) {
   StatusOr<uint64_t> max_memory = ParseBytes(flags.max_memory);
   StatusOr<uint64_t> snapshot_log_bytes = ParseBytes(flags.snapshot_log_bytes);
   StatusOr<uint64_t> segment_bytes = ParseBytes(flags.log_segment_bytes);
+  StatusOr<uint64_t> migration_batch_bytes = ParseBytes(flags.migration_batch_bytes);
+  StatusOr<uint64_t> backlog_bytes = ParseBytes(flags.replication_backlog_bytes);
   for (auto [name, parsed] : {std::pair{"--max-memory", &max_memory},
                               std::pair{"--snapshot-log-bytes", &snapshot_log_bytes},
-                              std::pair{"--log-segment-bytes", &segment_bytes}}) {
+                              std::pair{"--log-segment-bytes", &segment_bytes},
+                              std::pair{"--migration-batch-bytes", &migration_batch_bytes},
+                              std::pair{"--replication-backlog-bytes", &backlog_bytes}}) {
     if (!parsed->ok()) {
       spdlog::error("Invalid {}: {}", name, parsed->status().message());
       return 2;
@@ -370,14 +425,65 @@ int Run(int argc, char** argv) {
         Env::Posix(), store, clock, persist_options,
         [](const std::string& line) { spdlog::info("{}", line); });
   }
-  NodeMetrics metrics(store, is_ready, kVersion, persistence.get());
+  // Every write gets a replication offset (the journal's sequence when persisting); the role
+  // (primary, replica) follows the topology and promotions. See cluster/replication.h.
+  ReplicationLog replication_log(*backlog_bytes);
+  ReplicationOptions replication_options;
+  replication_options.mode = *ParseReplicationMode(flags.replication);
+  replication_options.min_acks = flags.min_acks;
+  replication_options.ack_timeout = std::chrono::milliseconds(flags.replication_timeout_ms);
+  replication_options.request_timeout =
+      std::chrono::milliseconds(std::max(flags.forward_timeout_ms, 1000));
+  replication_options.lease = std::chrono::milliseconds(flags.primary_lease_ms);
+  replication_options.cluster_token = cluster_token.value_or("");
+  if (persistence) {
+    replication_options.state_path = flags.data_dir + "/replication.json";
+    Persistence* persist = persistence.get();
+    replication_options.durable_offset = [persist] {
+      return persist->Stats().journal.durable_seq;
+    };
+  }
+  Replication replication(store, cluster, replication_log, replication_options,
+                          [](const std::string& line) { spdlog::info("{}", line); });
+
+  // kvcache_node_ready follows /readyz: a replica also waits to catch up.
+  NodeMetrics metrics(
+      store, [&ready, &replication] { return ready.load() && replication.CaughtUp(); },
+      kVersion, persistence.get());
+  MigrationOptions migration_options;
+  if (flags.persist) migration_options.data_dir = flags.data_dir;
+  migration_options.cluster_token = cluster_token;
+  migration_options.batch_keys = flags.migration_batch_keys;
+  migration_options.batch_bytes = std::max<uint64_t>(*migration_batch_bytes, 1);
+  migration_options.max_keys_per_second = flags.migration_max_keys_per_second;
+  Migrations migrations(store, cluster, forwarder, Env::Posix(), migration_options,
+                        [](const std::string& line) { spdlog::info("{}", line); });
+  if (Status loaded = migrations.Load(); !loaded.ok()) {
+    spdlog::error("Cannot read the migration state: {}", loaded.message());
+    return 1;
+  }
+  metrics.AddSource([&migrations] {
+    return std::vector<NodeMetrics::Sample>{
+        {"kvcache_node_migration_keys_moved_total",
+         "Keys this node moved to another shard in slot migrations (as the source).", true,
+         static_cast<double>(migrations.keys_moved_total())},
+        {"kvcache_node_migration_active",
+         "1 while this node is a slot migration's source, streaming or waiting for the flip.",
+         false, migrations.active() ? 1.0 : 0.0},
+        {"kvcache_node_migration_keys_remaining",
+         "Keys of the migrating slots still here (estimate, updated per batch).", false,
+         static_cast<double>(migrations.keys_remaining())}};
+  });
 
   ApiOptions api_options;
   api_options.max_key_bytes = flags.max_key_bytes;
   api_options.max_value_bytes = flags.max_value_bytes;
   api_options.auth_token = token;
   api_options.cluster_token = cluster_token;
-  NodeApi api(store, clock, api_options, is_ready, [&metrics] { return metrics.Render(); });
+  NodeApi api(store, clock, api_options, is_ready,
+              [&metrics, &replication] { return metrics.Render() + replication.MetricsText(); });
+  api.SetReplication(&replication);
+  api.SetMigrations(&migrations);
   const std::string data_dir = flags.data_dir;
   api.SetCluster(&cluster, [data_dir](const protocol::Topology& topology) {
     spdlog::info("Installed topology cluster={} epoch={}", topology.cluster, topology.epoch);
@@ -392,6 +498,25 @@ int Run(int argc, char** argv) {
   server_options.header_timeout = std::chrono::seconds(flags.header_timeout_seconds);
   server_options.body_timeout = std::chrono::seconds(flags.body_timeout_seconds);
   HttpServer server(api, metrics, server_options, persistence.get(), &forwarder);
+  if (replication_options.mode == ReplicationMode::kSync) {
+    // Durable first (under fsync=always), then acknowledged by the replicas.
+    Persistence* persist = persistence.get();
+    server.SetAckWaiter([persist, &replication](uint64_t seq,
+                                                std::function<void(const Status&)> done) {
+      auto replicate = [seq, &replication, done](const Status& durable) {
+        if (!durable.ok()) {
+          done(durable);
+        } else {
+          replication.WaitAcked(seq, done);
+        }
+      };
+      if (persist != nullptr) {
+        persist->OnDurable(seq, replicate);
+      } else {
+        replicate(Status::Ok());
+      }
+    });
+  }
   ExpiryLoop expiry(store);
 
   if (Status started = server.Start(); !started.ok()) {
@@ -419,6 +544,11 @@ int Run(int argc, char** argv) {
     }
     persistence->StartBackground();
   }
+  replication_log.SetInner(store.write_log(),
+                           persistence ? persistence->Stats().journal.last_seq : 0);
+  store.SetWriteLog(&replication_log);
+  replication.Start();
+  migrations.Resume();
   ready = true;
   spdlog::info("Ready keys={}", store.Stats().keys);
 
@@ -427,6 +557,8 @@ int Run(int argc, char** argv) {
   spdlog::info("Received {}, shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
   ready = false;
   server.Shutdown();
+  migrations.Stop();
+  replication.Stop();
   int exit_code = 0;
   if (persistence) {
     if (Status closed = persistence->Shutdown(); !closed.ok()) {

@@ -34,7 +34,7 @@ RouteDecision ClusterView::Route(std::string_view key) const {
   if (routing == nullptr) return {};
   const int shard = routing->owners[protocol::KeySlot(key)];
   const protocol::Member& primary = routing->topology.shards[shard].primary;
-  return {shard == routing->self_shard && routing->self_primary, &primary};
+  return {shard == routing->self_shard && routing->self_primary, &primary, shard};
 }
 
 }  // namespace kvcache::node

@@ -28,6 +28,7 @@ struct Routing {
 struct RouteDecision {
   bool local = true;           // serve here
   const protocol::Member* owner = nullptr;  // the owning primary (null when not clustered)
+  int shard = -1;              // index of the key's shard in the topology (-1 when not clustered)
 };
 
 class ClusterView {

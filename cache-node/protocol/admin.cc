@@ -88,6 +88,7 @@ std::string EncodeNodeStatus(const NodeStatus& s) {
               {"role", RoleName(s.role)},
               {"shard", s.shard},
               {"epoch", s.epoch},
+              {"fenceEpoch", s.fence_epoch},
               {"appliedOffset", s.applied_offset},
               {"primaryOffset", s.primary_offset},
               {"ready", s.ready},
@@ -103,6 +104,7 @@ StatusOr<NodeStatus> ParseNodeStatus(std::string_view text) {
     s.role = EnumFromName<Role>(kRoleNames, j.at("role").get<std::string>(), "role");
     s.shard = j.value("shard", -1);
     s.epoch = j.at("epoch").get<uint64_t>();
+    s.fence_epoch = j.value("fenceEpoch", s.epoch);
     s.applied_offset = j.at("appliedOffset").get<uint64_t>();
     s.primary_offset = j.value("primaryOffset", uint64_t{0});
     s.ready = j.at("ready").get<bool>();

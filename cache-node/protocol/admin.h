@@ -41,6 +41,8 @@ struct NodeStatus {
   Role role = Role::kNone;
   int shard = -1;
   uint64_t epoch = 0;           // of the installed topology
+  uint64_t fence_epoch = 0;     // the highest epoch the node knows (>= epoch after a promote):
+                                // it refuses batches and forwarded writes from older ones
   uint64_t applied_offset = 0;  // replication offset of the last write applied here
   uint64_t primary_offset = 0;  // replica: last offset heard from the primary
   bool ready = false;           // same as /readyz

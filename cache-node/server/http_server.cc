@@ -12,6 +12,7 @@
 
 #include "server/http_util.h"
 
+#include <algorithm>
 #include <mutex>
 #include <thread>
 
@@ -209,8 +210,12 @@ class RequestHandler : public Http::Handler {
   HTTP_PROTOTYPE(RequestHandler)
 
   RequestHandler(const NodeApi* api, NodeMetrics* metrics, Persistence* persistence,
-                 Forwarder* forwarder)
-      : api_(api), metrics_(metrics), persistence_(persistence), forwarder_(forwarder) {}
+                 Forwarder* forwarder, const HttpServer::AckWaiter* ack_waiter)
+      : api_(api),
+        metrics_(metrics),
+        persistence_(persistence),
+        forwarder_(forwarder),
+        ack_waiter_(ack_waiter != nullptr && *ack_waiter ? ack_waiter : nullptr) {}
 
   void onRequest(const Http::Request& req, Http::ResponseWriter response) override {
     const auto started = std::chrono::steady_clock::now();
@@ -225,12 +230,20 @@ class RequestHandler : public Http::Handler {
       api_req.prefix = query.get("prefix");
       api_req.limit = query.get("limit");
       api_req.cursor = query.get("cursor");
+      api_req.replica_read = query.get("replica").value_or("") == "ok";
     }
     api_req.content_type = ContentTypeOf(req);
     api_req.authorization = AuthorizationOf(req);
     api_req.if_match = RawHeader(req, "If-Match");
     api_req.if_none_match = RawHeader(req, "If-None-Match");
     api_req.hop = req.headers().tryGetRaw(kHopHeader).has_value();
+    if (api_req.hop) {
+      if (std::optional<std::string> epoch = RawHeader(req, kEpochHeader)) {
+        if (std::optional<int64_t> n = ParseNonNegativeInt(*epoch)) {
+          api_req.sender_epoch = static_cast<uint64_t>(*n);
+        }
+      }
+    }
 
     ApiResponse out = api_->Handle(api_req);
     // HTTP/1.1 connections persist unless the client says "close" (Pistache 0.0.5 would answer
@@ -262,7 +275,7 @@ class RequestHandler : public Http::Handler {
       Forward(req, api_req, std::move(peer), std::move(out), framing, started);
       return;
     }
-    if (out.durable_seq != 0 && persistence_ != nullptr) {
+    if (out.durable_seq != 0 && (persistence_ != nullptr || ack_waiter_ != nullptr)) {
       SendWhenDurable(std::move(peer), std::move(out), framing, api_req.method, started);
       return;
     }
@@ -296,7 +309,7 @@ class RequestHandler : public Http::Handler {
 
   // Returns a callable that answers this request later, from any thread. On the worker
   // thread (the answer came at once) it writes as usual. From another thread (the journal's
-  // flusher, cpprestsdk) it must not go through Pistache: Peer::send queues by fd number, and
+  // flusher, the forwarder) it must not go through Pistache: Peer::send queues by fd number, and
   // if the client disconnects and a new connection gets the same number before the queue is
   // drained, the answer would reach the wrong client. So the callable holds its own dup() of
   // this connection's socket, taken now while the fd surely is this connection's, and writes
@@ -343,19 +356,27 @@ class RequestHandler : public Http::Handler {
                        std::chrono::steady_clock::time_point started) {
     const uint64_t seq = out.durable_seq;
     auto answer = Deferred(peer, framing, method, started);
-    persistence_->OnDurable(seq, [answer, out = std::move(out)](const Status& durable) mutable {
-      // On failure the write is applied in memory and queued for the disk, but the client
-      // cannot count on it.
-      answer(durable.ok() ? std::move(out) : JsonFailure(durable, "write not persisted: "));
-    });
+    auto then = [answer, out = std::move(out)](const Status& durable) mutable {
+      // On failure the write is applied in memory (and queued for the disk and the replicas),
+      // but the client cannot count on it.
+      answer(durable.ok() ? std::move(out) : JsonFailure(durable, "write not acknowledged: "));
+    };
+    if (ack_waiter_ != nullptr && *ack_waiter_) {
+      (*ack_waiter_)(seq, std::move(then));
+    } else {
+      persistence_->OnDurable(seq, std::move(then));
+    }
   }
 
   // The request as it goes to another node: same method, path and query, and credentials.
-  static ForwardRequest ForwardOf(const Http::Request& req, const ApiRequest& api_req) {
+  ForwardRequest ForwardOf(const Http::Request& req, const ApiRequest& api_req) const {
     ForwardRequest request;
     request.method = std::string(MethodName(api_req.method));
     request.path_and_query = req.resource() + req.query().as_str();
     if (api_req.authorization) request.headers.emplace_back("Authorization", *api_req.authorization);
+    if (uint64_t epoch = api_->Epoch(); epoch > 0) {
+      request.headers.emplace_back(kEpochHeader, std::to_string(epoch));
+    }
     return request;
   }
 
@@ -428,17 +449,32 @@ class RequestHandler : public Http::Handler {
     }
     auto answer = Deferred(peer, framing, api_req.method, started);
     std::string owner(out.owner);
+    const int not_found_code = out.forward_not_found_code;
     forwarder_->Forward(
         out.forward_to->addr, std::move(request),
-        [answer, owner](StatusOr<ForwardResponse> got) {
+        [answer, owner, not_found_code](StatusOr<ForwardResponse> got) {
           if (!got.ok()) {
             ApiResponse failed = JsonFailure(got.status(), "");
             failed.extra_headers.emplace_back("X-KVCache-Owner", owner);
             answer(std::move(failed));
             return;
           }
+          if (not_found_code != 0 && got->code == 404) {
+            ApiResponse done;
+            done.code = not_found_code;
+            done.extra_headers.emplace_back("X-KVCache-Owner", owner);
+            answer(std::move(done));
+            return;
+          }
           ApiResponse relayed;
           relayed.code = got->code;
+          if (got->code == 409 && std::any_of(got->headers.begin(), got->headers.end(),
+                                              [](const auto& h) { return h.first == kEpochHeader; })) {
+            // The owner fenced this node's older epoch: the topology is changing, and the
+            // client's retry succeeds once it has reached this node.
+            relayed.code = 503;
+            relayed.retry_after_seconds = 1;
+          }
           relayed.body = std::move(got->body);
           relayed.head_content_length = got->content_length;
           for (auto& [name, value] : got->headers) {
@@ -456,6 +492,7 @@ class RequestHandler : public Http::Handler {
   NodeMetrics* metrics_;
   Persistence* persistence_;
   Forwarder* forwarder_;
+  const HttpServer::AckWaiter* ack_waiter_;
 };
 
 }  // namespace
@@ -506,7 +543,8 @@ Status HttpServer::Start() {
                     .headerTimeout(options_.header_timeout)
                     .bodyTimeout(options_.body_timeout);
     endpoint_->init(opts);
-    endpoint_->setHandler(Http::make_handler<RequestHandler>(&api_, &metrics_, persistence_, forwarder_));
+    endpoint_->setHandler(Http::make_handler<RequestHandler>(&api_, &metrics_, persistence_, forwarder_,
+                                                          &ack_waiter_));
     endpoint_->serveThreaded();
   } catch (const std::exception& e) {
     endpoint_.reset();

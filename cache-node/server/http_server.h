@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -47,6 +48,12 @@ class HttpServer {
              Persistence* persistence = nullptr, Forwarder* forwarder = nullptr);
   ~HttpServer();
 
+  // Decides when a write's answer may go out: calls `done` once record `seq` is durable and
+  // acknowledged as configured (persistence, sync replication), or with the error that stops
+  // it. When set it replaces the persistence-only wait. REQUIRES: before Start().
+  using AckWaiter = std::function<void(uint64_t seq, std::function<void(const Status&)> done)>;
+  void SetAckWaiter(AckWaiter waiter) { ack_waiter_ = std::move(waiter); }
+
   // Binds and starts serving on background threads. Returns InvalidArgument for a malformed
   // listen address and Unavailable if it cannot be bound (e.g. the port is in use).
   Status Start();
@@ -62,6 +69,7 @@ class HttpServer {
   const ServerOptions options_;
   Persistence* persistence_;
   Forwarder* forwarder_;
+  AckWaiter ack_waiter_;
   int threads_ = 0;
   std::unique_ptr<Pistache::Http::Endpoint> endpoint_;
 };

@@ -175,6 +175,14 @@ std::string NodeMetrics::Render() const {
     families.push_back(std::move(family));
   }
   RenderPersistence(families);
+  for (const auto& source : sources_) {
+    for (const Sample& sample : source()) {
+      MetricFamily family = Family(sample.name, sample.help,
+                                   sample.counter ? MetricType::Counter : MetricType::Gauge);
+      AddValue(family, sample.value);
+      families.push_back(std::move(family));
+    }
+  }
   return prometheus::TextSerializer().Serialize(families);
 }
 

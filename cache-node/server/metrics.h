@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "persist/persistence.h"
 #include "server/node_api.h"
@@ -42,6 +43,18 @@ class NodeMetrics {
 
   void RecordRequest(HttpMethod method, int code, std::chrono::nanoseconds latency);
 
+  // Values another part reports at scrape time (one sample each, no labels).
+  struct Sample {
+    std::string name;
+    std::string help;
+    bool counter = false;  // else a gauge
+    double value = 0;
+  };
+  // Adds a source of samples, called on every Render(). REQUIRES: before serving.
+  void AddSource(std::function<std::vector<Sample>()> source) {
+    sources_.push_back(std::move(source));
+  }
+
   // The whole exposition, text format 0.0.4.
   std::string Render() const;
 
@@ -60,6 +73,7 @@ class NodeMetrics {
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Stripe[]> stripes_;
   std::chrono::system_clock::time_point start_time_;
+  std::vector<std::function<std::vector<Sample>()>> sources_;
 };
 
 }  // namespace kvcache::node

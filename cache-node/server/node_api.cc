@@ -98,6 +98,8 @@ ApiResponse NodeApi::Handle(const ApiRequest& req) const {
       r.fanout = true;
       return r;
     }
+    // A replica's keys are its primary's, which answers for them in a fan-out.
+    if (NotPrimary()) return Text(200, R"({"keys": [], "count": 0, "cursor": null})", kJson);
     return HandleList(req);
   }
   if (path == "/flush") {
@@ -109,6 +111,8 @@ ApiResponse NodeApi::Handle(const ApiRequest& req) const {
       r.fanout = true;
       return r;
     }
+    // A replica flushes when its primary's flush reaches it through the stream.
+    if (NotPrimary()) return Text(200, R"({"flushed": 0})", kJson);
     return HandleFlush();
   }
   if (path.substr(0, 10) == "/internal/") return HandleInternal(req);
@@ -119,6 +123,9 @@ ApiResponse NodeApi::Handle(const ApiRequest& req) const {
   }
   if (path == "/readyz") {
     if (!read_method) return MethodNotAllowed("GET, HEAD");
+    if (ready_() && replication_ != nullptr && !replication_->CaughtUp()) {
+      return Error(503, "not ready: replica catching up with its primary");
+    }
     return ready_() ? Text(200, "ok\n") : Error(503, "not ready");
   }
   if (path == "/metrics") {
@@ -159,8 +166,20 @@ ApiResponse NodeApi::HandleKey(const ApiRequest& req, std::string_view raw_key) 
   std::string_view owner;
   if (cluster_ != nullptr) {
     RouteDecision route = cluster_->Route(*key);
+    if (replication_ != nullptr && route.owner != nullptr && route.shard >= 0 &&
+        route.shard == replication_->self_shard()) {
+      if (std::optional<ApiResponse> r = RouteOwnShard(req, route)) return *r;
+      route.local = true;
+    }
     if (route.owner != nullptr) {
       if (!route.local) {
+        if (req.hop && migrations_ != nullptr &&
+            migrations_->Importing(protocol::KeySlot(*key))) {
+          // Sent on by the source of a slot migration to this node, its target.
+          ApiResponse r = HandleLocalKey(req, *key);
+          r.owner = cluster_->self_name();
+          return r;
+        }
         if (req.hop) {
           // Sender and receiver disagree about the owner (a topology change in flight):
           // never a second hop; the client retries once the topologies agree.
@@ -174,16 +193,61 @@ ApiResponse NodeApi::HandleKey(const ApiRequest& req, std::string_view raw_key) 
         return r;
       }
       owner = route.owner->name;
+      if (replication_ != nullptr && route.shard == replication_->self_shard() && !NotPrimary()) {
+        owner = cluster_->self_name();
+      }
+      if (migrations_ != nullptr && migrations_->routing_active()) {
+        if (const protocol::Member* target = migrations_->MigratingTo(protocol::KeySlot(*key))) {
+          ApiResponse r = HandleMigratingKey(req, *key, *target);
+          r.owner = owner;
+          return r;
+        }
+      }
     }
   }
-  ApiResponse r;
-  switch (req.method) {
-    case HttpMethod::kPut: r = HandlePut(req, *key); break;
-    case HttpMethod::kDelete: r = HandleDelete(*key); break;
-    default: r = HandleGet(req, *key); break;
-  }
+  ApiResponse r = HandleLocalKey(req, *key);
   r.owner = owner;
   return r;
+}
+
+ApiResponse NodeApi::HandleLocalKey(const ApiRequest& req, const std::string& key) const {
+  switch (req.method) {
+    case HttpMethod::kPut: return HandlePut(req, key);
+    case HttpMethod::kDelete: return HandleDelete(key);
+    default: return HandleGet(req, key);
+  }
+}
+
+ApiResponse NodeApi::HandleMigratingKey(const ApiRequest& req, const std::string& key,
+                                        const protocol::Member& target) const {
+  // Present here: served here. Absent: the target has the newest version or nobody has, since
+  // a key gone from here never comes back (PUTs here only overwrite). One more hop, even for a
+  // request that was forwarded already: the target never forwards it again.
+  ApiResponse forward;
+  forward.forward_to = &target;
+  if (req.method == HttpMethod::kDelete) {
+    uint64_t seq = 0;
+    Status deleted = migrations_->DeleteLocal(key, &seq);
+    if (deleted.code() == StatusCode::kUnavailable) {
+      ApiResponse r = ErrorFrom(deleted);
+      r.retry_after_seconds = 1;
+      return r;
+    }
+    if (!deleted.ok() && deleted.code() != StatusCode::kNotFound) return ErrorFrom(deleted);
+    // Deleted here: the target may hold an older copy (a batch sent before the key changed).
+    if (deleted.ok()) forward.forward_not_found_code = 204;
+    return forward;
+  }
+  if (req.method == HttpMethod::kPut) {
+    ApiResponse r = HandlePut(req, key, /*only_if_present=*/true);
+    if (r.code == 412 && store_.Get(key, /*copy_value=*/false).status().code() ==
+                             StatusCode::kNotFound) {
+      return forward;
+    }
+    return r;
+  }
+  ApiResponse r = HandleGet(req, key);
+  return r.code == 404 ? forward : r;
 }
 
 ApiResponse NodeApi::HandleGet(const ApiRequest& req, const std::string& key) const {
@@ -209,7 +273,8 @@ ApiResponse NodeApi::HandleGet(const ApiRequest& req, const std::string& key) co
   return r;
 }
 
-ApiResponse NodeApi::HandlePut(const ApiRequest& req, const std::string& key) const {
+ApiResponse NodeApi::HandlePut(const ApiRequest& req, const std::string& key,
+                               bool only_if_present) const {
   if (req.body.size() > options_.max_value_bytes) {
     return Error(413, "value larger than " + std::to_string(options_.max_value_bytes) + " bytes");
   }
@@ -233,6 +298,7 @@ ApiResponse NodeApi::HandlePut(const ApiRequest& req, const std::string& key) co
     if (!cond.ok()) return ErrorFrom(cond.status());
     *target = EtagMatch{cond->any, std::move(cond->etags)};
   }
+  if (only_if_present && !put.if_match) put.if_match = EtagMatch{/*match_any=*/true, {}};
   StatusOr<PutResult> result = store_.Put(put);
   if (!result.ok()) return ErrorFrom(result.status());
   ApiResponse r;
@@ -321,6 +387,13 @@ ApiResponse NodeApi::HandleInternal(const ApiRequest& req) const {
     r.www_authenticate = true;
     return r;
   }
+  if (migrations_ != nullptr &&
+      (req.path == "/internal/migrations" || req.path == "/internal/import")) {
+    return HandleMigrationAdmin(req);
+  }
+  if (replication_ != nullptr) {
+    if (std::optional<ApiResponse> r = HandleReplicationAdmin(req)) return *r;
+  }
   if (req.path != "/internal/topology" || cluster_ == nullptr) {
     return Error(404, "no such admin route");
   }
@@ -339,6 +412,7 @@ ApiResponse NodeApi::HandleInternal(const ApiRequest& req) const {
     return Error(st.code() == StatusCode::kFailedPrecondition ? 409 : HttpCodeFor(st.code()),
                  st.message());
   }
+  if (replication_ != nullptr) replication_->OnTopology();
   if (save_topology_) {
     if (Status saved = save_topology_(copy); !saved.ok()) {
       return ErrorFrom(Status(saved.code(), "topology installed but not persisted: " +
@@ -346,6 +420,36 @@ ApiResponse NodeApi::HandleInternal(const ApiRequest& req) const {
     }
   }
   return Text(200, nlohmann::json{{"epoch", epoch}}.dump(), kJson);
+}
+
+ApiResponse NodeApi::HandleMigrationAdmin(const ApiRequest& req) const {
+  if (req.path == "/internal/import") {
+    if (req.method != HttpMethod::kPost) return MethodNotAllowed("POST");
+    StatusOr<uint64_t> imported = migrations_->Import(req.body);
+    if (!imported.ok()) {
+      return Error(imported.status().code() == StatusCode::kFailedPrecondition
+                       ? 409
+                       : HttpCodeFor(imported.status().code()),
+                   imported.status().message());
+    }
+    ApiResponse r = Text(200, "{}", kJson);
+    r.durable_seq = *imported;
+    return r;
+  }
+  if (req.method == HttpMethod::kGet || req.method == HttpMethod::kHead) {
+    return Text(200, protocol::EncodeMigrationStatus(migrations_->status()), kJson);
+  }
+  if (req.method != HttpMethod::kPost) return MethodNotAllowed("GET, HEAD, POST");
+  StatusOr<protocol::MigrationRequest> request = protocol::ParseMigrationRequest(req.body);
+  if (!request.ok()) return ErrorFrom(request.status());
+  StatusOr<protocol::MigrationStatus> started = migrations_->Start(*request);
+  if (!started.ok()) {
+    return Error(started.status().code() == StatusCode::kFailedPrecondition
+                     ? 409
+                     : HttpCodeFor(started.status().code()),
+                 started.status().message());
+  }
+  return Text(200, protocol::EncodeMigrationStatus(*started), kJson);
 }
 
 std::vector<const protocol::Member*> NodeApi::FanoutTargets() const {
@@ -395,6 +499,8 @@ ApiResponse NodeApi::MergeFanout(const ApiRequest& req, std::vector<ApiResponse>
     more = more || !doc["cursor"].is_null();
   }
   std::sort(keys.begin(), keys.end());
+  // During a slot migration a key can be on two shards for a moment.
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
   if (keys.size() > limit) {
     keys.resize(limit);
     more = true;

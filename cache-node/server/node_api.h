@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "cluster/cluster_view.h"
+#include "cluster/migration.h"
+#include "cluster/replication.h"
 #include "store/store.h"
 
 namespace kvcache::node {
@@ -29,6 +31,8 @@ struct ApiRequest {
   // Request headers the API reads.
   std::optional<std::string> content_type, if_match, if_none_match, authorization;
   bool hop = false;  // forwarded by another node (X-KVCache-Hop): never forward it again
+  std::optional<uint64_t> sender_epoch;  // X-KVCache-Epoch of a forwarded request
+  bool replica_read = false;             // ?replica=ok: a replica may answer a read itself
 };
 
 struct ApiResponse {
@@ -49,6 +53,9 @@ struct ApiResponse {
   // Set: the key belongs to another node; the caller forwards the request there (one hop) and
   // answers with the owner's response. Points into the ClusterView's routing table.
   const protocol::Member* forward_to = nullptr;
+  // With forward_to: a 404 from there is answered with this code and no body instead (a DELETE
+  // that removed the key here, during a slot migration, also removes the target's copy).
+  int forward_not_found_code = 0;
   // X-KVCache-Owner: the name of the node that owns the key (cluster mode only).
   std::string_view owner;
   // Set: a cluster-wide request (listing, flush). The caller also sends it, with the hop
@@ -102,12 +109,33 @@ class NodeApi {
     save_topology_ = std::move(save);
   }
 
+  // Slot migration, both as source and as target (routes keys of migrating slots, serves
+  // /internal/migrations and /internal/import). Must outlive the API. REQUIRES: called before
+  // serving.
+  void SetMigrations(Migrations* migrations) { migrations_ = migrations; }
+  // Replication (cluster mode): this node's own shard is served by role (a promoted replica
+  // takes writes before the topology names it), writes are refused while not primary or
+  // without the primary lease (503 + Retry-After), forwarded writes from an older epoch get 409
+  // + X-KVCache-Epoch, /readyz waits for a replica to catch up, and the admin routes
+  // /internal/status, /internal/promote and /internal/replication are served. Must outlive
+  // the API. REQUIRES: called before serving.
+  void SetReplication(Replication* replication) { replication_ = replication; }
+  // The epoch stamped on forwarded requests (X-KVCache-Epoch); 0 outside cluster mode.
+  uint64_t Epoch() const;
+
   const ApiOptions& options() const { return options_; }
 
  private:
   ApiResponse HandleKey(const ApiRequest& request, std::string_view raw_key) const;
+  ApiResponse HandleLocalKey(const ApiRequest& request, const std::string& key) const;
   ApiResponse HandleGet(const ApiRequest& request, const std::string& key) const;
-  ApiResponse HandlePut(const ApiRequest& request, const std::string& key) const;
+  // only_if_present: write only over an existing entry (the source of a slot migration).
+  ApiResponse HandlePut(const ApiRequest& request, const std::string& key,
+                        bool only_if_present = false) const;
+  // A key of a slot migrating from here to `target` (see cluster/migration.h, step 3).
+  ApiResponse HandleMigratingKey(const ApiRequest& request, const std::string& key,
+                                 const protocol::Member& target) const;
+  ApiResponse HandleMigrationAdmin(const ApiRequest& request) const;
   ApiResponse HandleDelete(const std::string& key) const;
   ApiResponse HandleList(const ApiRequest& request) const;
   ApiResponse HandleFlush() const;
@@ -126,6 +154,16 @@ class NodeApi {
 
   ClusterView* cluster_ = nullptr;
   std::function<Status(const protocol::Topology&)> save_topology_;
+  Migrations* migrations_ = nullptr;
+
+  // node_api_replication.cc
+  std::optional<ApiResponse> HandleReplicationAdmin(const ApiRequest& request) const;
+  // For a key of this node's own shard: nullopt to serve it here, else the answer (a forward
+  // to the primary, a fenced or refused write).
+  std::optional<ApiResponse> RouteOwnShard(const ApiRequest& request,
+                                           const RouteDecision& route) const;
+  bool NotPrimary() const;
+  Replication* replication_ = nullptr;
 };
 
 }  // namespace kvcache::node

@@ -430,6 +430,19 @@ StatusOr<GetResult> Store::Get(std::string_view key, bool copy_value) {
 }
 
 Status Store::Delete(std::string_view key, uint64_t* seq) {
+  return DeleteWhere(key, nullptr, seq);
+}
+
+Status Store::DeleteIfUnchanged(std::string_view key, uint64_t etag, int64_t expire_at_ms,
+                                uint64_t* seq) {
+  const auto unchanged = [etag, expire_at_ms](const Entry& e) {
+    return e.etag == etag && e.expire_at_ms == expire_at_ms;
+  };
+  return DeleteWhere(key, unchanged, seq);
+}
+
+Status Store::DeleteWhere(std::string_view key,
+                          const std::function<bool(const Entry&)>& condition, uint64_t* seq) {
   const uint64_t hash = XXH3_64bits(key.data(), key.size());
   const int64_t now = clock_.NowMs();
   Shard& shard = ShardFor(hash);
@@ -439,6 +452,10 @@ Status Store::Delete(std::string_view key, uint64_t* seq) {
     std::unique_lock lock(shard.mu);
     size_t slot = shard.table.Find(hash, key);
     if (slot == EntryTable::kNpos) return NotFoundError("key not found");
+    if (condition && !shard.table.at(slot)->ExpiredAt(now) &&
+        !condition(*shard.table.at(slot))) {
+      return FailedPreconditionError("key changed");
+    }
     // An expired entry needs no log record: its expiry is in the log already.
     if (log_ && !shard.table.at(slot)->ExpiredAt(now)) {
       StatusOr<uint64_t> logged = log_->LogDelete(key);

@@ -113,6 +113,12 @@ class Store {
   // Returns NotFound if the key is absent or expired. `seq` receives the log sequence number.
   Status Delete(std::string_view key, uint64_t* seq = nullptr);
 
+  // Deletes the entry only if it is still the version the caller read: same ETag and same
+  // expiry (a slot migration removes a key it has copied only if no write came in between).
+  // Returns NotFound if the key is absent or expired, FailedPrecondition if it changed.
+  Status DeleteIfUnchanged(std::string_view key, uint64_t etag, int64_t expire_at_ms,
+                           uint64_t* seq = nullptr);
+
   // Removes every entry, holding every shard's lock for the moment it takes, so no write is
   // half-before, half-after. Returns how many live entries were removed, or the log's error.
   StatusOr<uint64_t> Flush(uint64_t* seq = nullptr);
@@ -120,6 +126,7 @@ class Store {
   // Reports every mutation to `log` from now on (nullptr: none). Writes the log refuses fail.
   // REQUIRES: no concurrent mutations (call at startup, after recovery).
   void SetWriteLog(WriteLog* log) { log_ = log; }
+  WriteLog* write_log() const { return log_; }
 
   // Calls `fn(key, value, content_type, expire_at_ms)` for each live entry of one shard, with
   // that shard's lock held shared: `fn` must be quick (copy, do not write files).
@@ -156,6 +163,10 @@ class Store {
   uint32_t EvictionScore(const Entry* e, int64_t now_ms) const;
   // REQUIRES: the shard's lock is held exclusively. Unlinks the entry at `slot` and returns it.
   Entry* RemoveLocked(Shard& shard, size_t slot);
+  // Delete(), refused with FailedPrecondition when `condition` (if set) is false for the live
+  // entry.
+  Status DeleteWhere(std::string_view key, const std::function<bool(const Entry&)>& condition,
+                     uint64_t* seq);
 
   const StoreOptions options_;
   const Clock& clock_;

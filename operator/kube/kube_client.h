@@ -49,6 +49,9 @@ struct ListOptions {
   int64_t limit = 0;           // 0: no paging; List follows continue tokens itself when > 0
   std::string continue_token;  // for callers that page by hand
   std::string resource_version;
+  // With limit > 0: return only one page (`limit` items after `continue_token`) and its
+  // continue token, instead of following the tokens to the end.
+  bool single_page = false;
 };
 
 struct ListResult {

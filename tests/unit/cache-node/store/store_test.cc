@@ -64,6 +64,21 @@ TEST_F(StoreTest, KeysAndValuesAreBinarySafe) {
   EXPECT_EQ(got->value, value);
 }
 
+TEST_F(StoreTest, DeleteIfUnchangedComparesEtagAndExpiry) {
+  Store store({}, clock_);
+  PutRequest req = Put("k", "one");
+  req.expire_at_ms = clock_.NowMs() + 60'000;
+  const uint64_t etag = store.Put(req)->etag;
+  // Same value, another expiry: a different version.
+  EXPECT_EQ(store.DeleteIfUnchanged("k", etag, req.expire_at_ms + 1).code(),
+            StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store.DeleteIfUnchanged("k", etag + 1, req.expire_at_ms).code(),
+            StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(store.Get("k").ok());
+  EXPECT_TRUE(store.DeleteIfUnchanged("k", etag, req.expire_at_ms).ok());
+  EXPECT_EQ(store.DeleteIfUnchanged("k", etag, req.expire_at_ms).code(), StatusCode::kNotFound);
+}
+
 TEST_F(StoreTest, GetOfAbsentKeyIsNotFound) {
   Store store({}, clock_);
   EXPECT_EQ(store.Get("nope").status().code(), StatusCode::kNotFound);

@@ -1,0 +1,153 @@
+// NodeApi with replication: role-aware routing of the node's own shard, fencing of forwarded
+// writes, promotion and the status route. No sockets: replicas listed here are never contacted
+// (only a primary with replicas starts senders, and these primaries have none).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "server/node_api.h"
+
+namespace kvcache::node {
+namespace {
+
+constexpr char kToken[] = "t";
+
+protocol::Topology OneShard(uint64_t epoch, std::string primary, std::vector<std::string> replicas) {
+  protocol::Topology t;
+  t.cluster = "c";
+  t.epoch = epoch;
+  protocol::Shard s;
+  s.id = 0;
+  s.slots = {{0, protocol::kSlotCount - 1}};
+  s.primary = {primary, primary + ":1"};
+  for (auto& r : replicas) s.replicas.push_back({r, r + ":1"});
+  t.shards.push_back(s);
+  return t;
+}
+
+class ReplicationApiTest : public ::testing::Test {
+ protected:
+  void SetUpNode(const std::string& self, protocol::Topology topology) {
+    cluster_ = std::make_unique<ClusterView>(self);
+    ASSERT_TRUE(cluster_->Update(std::move(topology)).ok());
+    ReplicationOptions options;
+    options.cluster_token = kToken;
+    replication_ = std::make_unique<Replication>(store_, *cluster_, log_, options,
+                                                 [](const std::string&) {});
+    replication_->OnTopology();
+    ApiOptions api_options;
+    api_options.cluster_token = kToken;
+    api_ = std::make_unique<NodeApi>(store_, clock_, api_options, [] { return true; },
+                                     [] { return std::string(); });
+    api_->SetCluster(cluster_.get());
+    api_->SetReplication(replication_.get());
+  }
+
+  ApiResponse Call(HttpMethod method, std::string path, std::string body = "",
+                   bool hop = false, std::optional<uint64_t> epoch = std::nullopt,
+                   bool replica_read = false) {
+    path_ = std::move(path);
+    body_ = std::move(body);
+    ApiRequest req;
+    req.method = method;
+    req.path = path_;
+    req.body = body_;
+    req.hop = hop;
+    req.sender_epoch = epoch;
+    req.replica_read = replica_read;
+    req.authorization = std::string("Bearer ") + kToken;
+    return api_->Handle(req);
+  }
+
+  FakeClock clock_;
+  Store store_{StoreOptions{}, clock_};
+  ReplicationLog log_{1 << 20};
+  std::unique_ptr<ClusterView> cluster_;
+  std::unique_ptr<Replication> replication_;
+  std::unique_ptr<NodeApi> api_;
+  std::string path_, body_;
+};
+
+TEST_F(ReplicationApiTest, ReplicaForwardsWritesAndReadsButServesReplicaReads) {
+  SetUpNode("r", OneShard(1, "p", {"r"}));
+  EXPECT_EQ(replication_->role(), protocol::Role::kReplica);
+  ApiResponse put = Call(HttpMethod::kPut, "/v1/k", "v");
+  ASSERT_NE(put.forward_to, nullptr);
+  EXPECT_EQ(put.forward_to->name, "p");
+  ASSERT_NE(Call(HttpMethod::kGet, "/v1/k").forward_to, nullptr);
+  ApiResponse local = Call(HttpMethod::kGet, "/v1/k", "", false, std::nullopt, true);
+  EXPECT_EQ(local.forward_to, nullptr);
+  EXPECT_EQ(local.code, 404);
+  // A write that reached it as a hop is not forwarded again.
+  EXPECT_EQ(Call(HttpMethod::kPut, "/v1/k", "v", true, 1).code, 503);
+}
+
+TEST_F(ReplicationApiTest, ReplicaIsNotReadyBeforeItsFirstFullSync) {
+  SetUpNode("r", OneShard(1, "p", {"r"}));
+  EXPECT_EQ(Call(HttpMethod::kGet, "/readyz").code, 503);
+  auto status = nlohmann::json::parse(Call(HttpMethod::kGet, "/internal/status").body);
+  EXPECT_EQ(status["role"], "replica");
+  EXPECT_EQ(status["ready"], false);
+}
+
+TEST_F(ReplicationApiTest, PrimaryFencesForwardedWritesFromAnOlderEpoch) {
+  SetUpNode("p", OneShard(3, "p", {}));
+  EXPECT_EQ(Call(HttpMethod::kPut, "/v1/k", "v", true, 3).code, 201);
+  ApiResponse fenced = Call(HttpMethod::kPut, "/v1/k", "v", true, 2);
+  EXPECT_EQ(fenced.code, 409);
+  ASSERT_EQ(fenced.extra_headers.size(), 1u);
+  EXPECT_EQ(fenced.extra_headers[0], (std::pair<std::string, std::string>{"X-KVCache-Epoch", "3"}));
+  // Reads are not fenced.
+  EXPECT_EQ(Call(HttpMethod::kGet, "/v1/k", "", true, 2).code, 200);
+}
+
+TEST_F(ReplicationApiTest, PromotedReplicaTakesWritesBeforeTheTopologyNamesIt) {
+  SetUpNode("r", OneShard(1, "p", {"r"}));
+  EXPECT_EQ(Call(HttpMethod::kPost, "/internal/promote", R"({"epoch": 1})").code, 409);
+  ApiResponse promoted = Call(HttpMethod::kPost, "/internal/promote", R"({"epoch": 2})");
+  ASSERT_EQ(promoted.code, 200) << promoted.body;
+  auto status = nlohmann::json::parse(promoted.body);
+  EXPECT_EQ(status["role"], "primary");
+  EXPECT_EQ(status["epoch"], 1);       // the installed topology is still the old one
+  EXPECT_EQ(status["fenceEpoch"], 2);
+  ApiResponse put = Call(HttpMethod::kPut, "/v1/k", "v");
+  EXPECT_EQ(put.forward_to, nullptr);
+  EXPECT_EQ(put.code, 201);
+  EXPECT_EQ(put.owner, "r");
+  // A forwarded write from a node still at epoch 1 is fenced.
+  EXPECT_EQ(Call(HttpMethod::kPut, "/v1/k", "v", true, 1).code, 409);
+}
+
+TEST_F(ReplicationApiTest, PrimaryDemotedByANewerTopologyStopsTakingWrites) {
+  SetUpNode("p", OneShard(1, "p", {}));
+  EXPECT_EQ(Call(HttpMethod::kPut, "/v1/k", "v").code, 201);
+  ASSERT_TRUE(cluster_->Update(OneShard(2, "q", {"p"})).ok());
+  replication_->OnTopology();
+  EXPECT_EQ(replication_->role(), protocol::Role::kReplica);
+  ApiResponse put = Call(HttpMethod::kPut, "/v1/k", "v");
+  ASSERT_NE(put.forward_to, nullptr);
+  EXPECT_EQ(put.forward_to->name, "q");
+  // Its listing and flush are its primary's business now.
+  EXPECT_EQ(nlohmann::json::parse(Call(HttpMethod::kGet, "/v1", "", true).body)["count"], 0);
+}
+
+TEST_F(ReplicationApiTest, BatchesFromAnOldPrimaryAreFencedOverHttp) {
+  SetUpNode("r", OneShard(5, "new", {"r"}));
+  replication_->Start();
+  BatchHeader h;
+  h.epoch = 4;
+  h.primary = "old";
+  h.replid = "x";
+  h.kind = BatchKind::kSyncBegin;
+  ApiResponse r = Call(HttpMethod::kPost, "/internal/replication", EncodeBatch(h, {}));
+  EXPECT_EQ(r.code, 409);
+  EXPECT_EQ(nlohmann::json::parse(r.body)["epoch"], 5);
+  h.primary = "new";
+  h.epoch = 5;
+  r = Call(HttpMethod::kPost, "/internal/replication", EncodeBatch(h, {}));
+  EXPECT_EQ(r.code, 200) << r.body;
+  replication_->Stop();
+}
+
+}  // namespace
+}  // namespace kvcache::node
