@@ -294,6 +294,27 @@ func TestLauncher(t *testing.T) {
 		}
 	}()
 	checkClean(t, before, dir)
+	if t.Failed() {
+		return
+	}
+
+	// a crashed launcher (SIGKILL: no cleanup of its own) is undone by `down` from state.json,
+	// sysctls included
+	c = up(t, bin, dir)
+	c.crash()
+	if st, err := os.ReadFile(filepath.Join(dir, "state.json")); err != nil || !strings.Contains(string(st), "ip_forward") {
+		t.Errorf("state.json after a crash does not record ip_forward: %v %s", err, st)
+	}
+	c.localk8s("down", "--state-dir", dir)
+	checkClean(t, before, dir)
+}
+
+// crash SIGKILLs the launcher alone (its components run in their own process groups and are
+// left running, as after a real crash).
+func (c *cluster) crash() {
+	c.t.Helper()
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	_ = c.cmd.Wait()
 }
 
 func apiClient(t *testing.T, dir, user string) *http.Client {

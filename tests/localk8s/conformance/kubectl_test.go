@@ -143,3 +143,61 @@ func TestKubectlLogsExecPortForward(t *testing.T) {
 		t.Logf("port-forward %s answered \"talk\" 3 times", url)
 	})
 }
+
+// tickPy prints a numbered line to stdout and one to stderr every 0.3 s, forever.
+const tickPy = `
+import sys, time
+i = 0
+while True:
+    i += 1
+    print("tick", i, flush=True)
+    print("tock", i, file=sys.stderr, flush=True)
+    time.sleep(0.3)
+`
+
+// kubectl attach: the running container's stdout and stderr from now on.
+func TestKubectlAttach(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t, "attach")
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "ticker"},
+		Spec: podSpec(corev1.Container{Name: "ticker", Image: image, Command: []string{"python3", "-u", "-c", tickPy}})}
+	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	awaitPodReady(t, ns, "ticker")
+	_, lines := startKubectl(t, "attach", "-n", ns, "pod/ticker", "-c", "ticker")
+	first := awaitLine(t, lines, regexp.MustCompile(`^tick (\d+)$`), 30*time.Second)
+	awaitLine(t, lines, regexp.MustCompile(`^tock \d+$`), 10*time.Second)
+	next := awaitLine(t, lines, regexp.MustCompile(`^tick (\d+)$`), 10*time.Second)
+	if first[1] == next[1] {
+		t.Errorf("attach repeated tick %s", first[1])
+	}
+	t.Logf("attach streamed tick %s .. tick %s and stderr", first[1], next[1])
+
+	// attach -i: input reaches a container with stdin: true
+	echo := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: podSpec(corev1.Container{Name: "echo", Image: image, Stdin: true,
+			Command: []string{"python3", "-u", "-c", "import sys\nprint('echo ready', flush=True)\nfor l in sys.stdin:\n    print('got:', l.strip(), flush=True)"}})}
+	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), echo, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	awaitPodReady(t, ns, "echo")
+	cmd := exec.Command(kubectlBin, "attach", "-i", "-n", ns, "pod/echo", "-c", "echo")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	cmd.Stdin = strings.NewReader("hello attach\n")
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	in := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			in <- sc.Text()
+		}
+		close(in)
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); pw.Close() })
+	awaitLine(t, in, regexp.MustCompile(`^got: hello attach$`), 30*time.Second)
+}

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 )
 
@@ -156,4 +157,58 @@ func TestSharedPIDNamespaceKill(t *testing.T) {
 	} else {
 		t.Logf("after kill: restartCount %d, lastState.terminated exitCode %d reason %q", st.RestartCount, lt.ExitCode, lt.Reason)
 	}
+}
+
+// A readiness gate: the pod is Ready only once another controller (here the test) sets the
+// gate's condition True in the pod's status; the kubelet keeps that condition when it writes
+// the status, and Ready follows it both ways.
+func TestReadinessGate(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t, "gate")
+	const gate = corev1.PodConditionType("conformance.kvcache.io/gate")
+	c := serverContainer()
+	c.ReadinessProbe = httpProbe("/readyz", 1)
+	spec := podSpec(c)
+	spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: gate}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "gated"}, Spec: spec}
+	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	readyCond := func(p *corev1.Pod, ty corev1.PodConditionType) *corev1.PodCondition {
+		for i := range p.Status.Conditions {
+			if p.Status.Conditions[i].Type == ty {
+				return &p.Status.Conditions[i]
+			}
+		}
+		return nil
+	}
+	await(t, podTimeout, "containers ready, pod not Ready (ReadinessGatesNotReady)", func() (bool, error) {
+		p, err := getPod(ns, "gated")
+		if err != nil {
+			return false, err
+		}
+		cr, rd := readyCond(p, corev1.ContainersReady), readyCond(p, corev1.PodReady)
+		return cr != nil && cr.Status == corev1.ConditionTrue && rd != nil && rd.Status == corev1.ConditionFalse &&
+			rd.Reason == "ReadinessGatesNotReady", fmt.Errorf("conditions %+v", p.Status.Conditions)
+	})
+	setGate := func(st corev1.ConditionStatus) {
+		t.Helper()
+		patch := fmt.Sprintf(`{"status":{"conditions":[{"type":%q,"status":%q,"lastTransitionTime":%q}]}}`,
+			gate, st, time.Now().UTC().Format(time.RFC3339))
+		if _, err := cs.CoreV1().Pods(ns).Patch(context.Background(), "gated", types.StrategicMergePatchType,
+			[]byte(patch), metav1.PatchOptions{}, "status"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setGate(corev1.ConditionTrue)
+	awaitPodReady(t, ns, "gated")
+	setGate(corev1.ConditionFalse)
+	await(t, podTimeout, "pod not Ready again after the gate turned False", func() (bool, error) {
+		p, err := getPod(ns, "gated")
+		if err != nil {
+			return false, err
+		}
+		g := readyCond(p, gate)
+		return !isReady(p) && g != nil && g.Status == corev1.ConditionFalse, fmt.Errorf("conditions %+v", p.Status.Conditions)
+	})
 }

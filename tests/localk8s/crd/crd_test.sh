@@ -42,7 +42,7 @@ cleanup() {
   rm -rf "$state"
   exit $rc
 }
-trap cleanup EXIT
+trap cleanup EXIT INT TERM
 
 "$bin/localk8s" up --state-dir "$state" --nodes 1 --bin-dir "$bin" >"$log" 2>&1 &
 lk_pid=$!

@@ -7,7 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+
+	"kvcache.local/localk8s/internal/agent"
 )
 
 func readCert(t *testing.T, p string) *x509.Certificate {
@@ -95,5 +98,36 @@ func TestProcRef(t *testing.T) {
 	r.Start++
 	if r.alive() {
 		t.Error("a different start time must not match")
+	}
+}
+
+// The project's images map to the binaries beside localk8s whatever their registry and tag; a
+// program that is not built yet is reported as such (ErrImagePull), not run.
+func TestDefaultImages(t *testing.T) {
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "kvcache-node"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	imgs := defaultImages(bin)
+	for image, want := range map[string]string{
+		"kvcache-node":                                        "kvcache-node",
+		"ghcr.io/acme/kvcache-node:v0.1.0":                    "kvcache-node",
+		"localhost:5000/kvcache/kvcache-operator@sha256:0123": "kvcache-operator",
+		"kvcache-operator:latest":                             "kvcache-operator",
+	} {
+		p, ok := agent.LookupImage(imgs, image)
+		if !ok || p != filepath.Join(bin, want) {
+			t.Errorf("%s -> %q %v, want %s", image, p, ok, filepath.Join(bin, want))
+		}
+	}
+	if _, ok := agent.LookupImage(imgs, "ghcr.io/acme/other:1"); ok {
+		t.Errorf("an unrelated image is mapped")
+	}
+	if msg := agent.ProgramMissing("kvcache-node:1", filepath.Join(bin, "kvcache-node")); msg != "" {
+		t.Errorf("built binary reported missing: %s", msg)
+	}
+	msg := agent.ProgramMissing("kvcache-operator:1", filepath.Join(bin, "kvcache-operator"))
+	if !strings.Contains(msg, "kvcache-operator") || !strings.Contains(msg, "does not exist") {
+		t.Errorf("missing operator binary: %q", msg)
 	}
 }

@@ -218,9 +218,16 @@ func teardownNetwork(s *State, binDir string) []string {
 			note(err)
 		}
 	}
+	// Last of the host changes: the CNI bridge plugin (isGateway) turns ip_forward on again at
+	// every pod ADD, so this runs only after every sandbox is gone. Read back, so a value that
+	// did not stick is a reported problem (and state.json stays for `down`).
 	for k, v := range s.Sysctls {
 		if cur, err := readSysctl(k); err == nil && cur != v {
-			note(writeSysctl(k, v))
+			if err := writeSysctl(k, v); err != nil {
+				note(fmt.Errorf("restoring %s to %s: %w", k, v, err))
+			} else if now, _ := readSysctl(k); now != v {
+				note(fmt.Errorf("restoring %s to %s: it reads %s", k, v, now))
+			}
 		}
 	}
 	// nftables tables that iptables-nft created for us (nat, mangle, ...) and that are empty now

@@ -82,10 +82,7 @@ func cmdUp(args []string) int {
 		errf("%v", err)
 		return 1
 	}
-	img := map[string]string{}
-	for _, n := range []string{"kvcache-node", "kvcache-operator"} {
-		img[n] = filepath.Join(bd, n)
-	}
+	img := defaultImages(bd)
 	for k, v := range images {
 		if !strings.Contains(v, "/") {
 			if p, err := filepath.Abs(v); err == nil {
@@ -166,6 +163,18 @@ func cmdUp(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// defaultImages maps the project's own images to the binaries `make build` puts beside
+// localk8s: any image whose repository's last element is kvcache-node or kvcache-operator
+// (whatever the registry, path or tag). A binary that is not built yet leaves the pod's container
+// Waiting with ErrImagePull saying so.
+func defaultImages(binDir string) map[string]string {
+	img := map[string]string{}
+	for _, n := range []string{"kvcache-node", "kvcache-operator"} {
+		img[n] = filepath.Join(binDir, n)
+	}
+	return img
 }
 
 func lockDir(dir string) (func(), error) {

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 )
@@ -156,6 +157,16 @@ func Run(ctx context.Context, cfg Config) error {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
 		}))
 	podInformer := podFactory.Core().V1().Pods()
+	p.podFromAPI = func(ns, name string) (*corev1.Pod, error) { return podInformer.Lister().Pods(ns).Get(name) }
+	podInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(o, n any) {
+			op, ok1 := o.(*corev1.Pod)
+			np, ok2 := n.(*corev1.Pod)
+			if ok1 && ok2 {
+				p.ReadinessGatesChanged(op, np)
+			}
+		},
+	})
 	// The pod controller insists on these informers but only uses them to resolve env, which
 	// this provider does itself (SkipDownwardAPIResolution): they are never started, so the
 	// node's credentials are never used to list all Secrets (the Node authorizer forbids it).

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -74,4 +76,25 @@ func ContainerArgv(program string, c *corev1.Container, env []EnvVar) []string {
 		argv = append(argv, ExpandVars(s, m))
 	}
 	return argv
+}
+
+// ProgramMissing checks that the program an image is mapped to exists (an absolute or relative
+// path: an executable file; a bare name: on PATH). It returns the ErrImagePull message if not,
+// "" if the program is there.
+func ProgramMissing(image, program string) string {
+	f := strings.Fields(program)
+	if len(f) == 0 {
+		return fmt.Sprintf("image %q is mapped to an empty program", image)
+	}
+	if strings.Contains(f[0], "/") {
+		st, err := os.Stat(f[0])
+		if err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return ""
+		}
+		return fmt.Sprintf("image %q is mapped to the program %s, which does not exist or is not executable (build it: make build)", image, f[0])
+	}
+	if _, err := exec.LookPath(f[0]); err != nil {
+		return fmt.Sprintf("image %q is mapped to the program %q, which is not on PATH", image, f[0])
+	}
+	return ""
 }

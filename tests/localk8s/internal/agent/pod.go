@@ -53,6 +53,7 @@ type podRuntime struct {
 	vols      map[string]string
 	tokens    map[string]*cachedToken
 	netUp     bool
+	infra     *proc // PID 1 of the pod's shared PID namespace (shareProcessNamespace), else nil
 
 	terminating bool
 	silent      bool // stopping for agent shutdown: report nothing to the API
@@ -168,7 +169,15 @@ func (pr *podRuntime) snapshot() *corev1.Pod {
 	}
 	st.Phase = phase
 	st.Reason, st.Message = pr.reason, pr.message
-	pr.conds = ComputeConditions(pr.conds, &pod.Spec, phase, st.InitContainerStatuses, st.ContainerStatuses, metav1.Now())
+	// readiness gates' conditions as the API has them; if the informer cannot say, the last
+	// known ones (never drop a condition another controller set)
+	apiConds := pr.conds
+	if len(pod.Spec.ReadinessGates) > 0 && pr.p.podFromAPI != nil {
+		if cur, err := pr.p.podFromAPI(pod.Namespace, pod.Name); err == nil && cur.UID == pod.UID {
+			apiConds = cur.Status.Conditions
+		}
+	}
+	pr.conds = ComputeConditionsWithGates(pr.conds, &pod.Spec, phase, st.InitContainerStatuses, st.ContainerStatuses, apiConds, metav1.Now())
 	st.Conditions = append([]corev1.PodCondition(nil), pr.conds...)
 	pod.Status = *st
 	return pod
@@ -315,6 +324,23 @@ func (pr *podRuntime) setupSandbox() error {
 	pr.podIP = ip
 	pr.netUp = true
 	pr.mu.Unlock()
+	if pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace {
+		// As the kubelet's pause container: one PID namespace for the whole pod, whose PID 1
+		// (bwrap's init, reaping orphans) is none of the containers.
+		args := BwrapArgs(osFS{}, SandboxSpec{Netns: pr.netns, Hostname: PodHostname(pod), Infra: true,
+			Argv: []string{"sleep", "infinity"}, StatusFD: 3})
+		infra, err := startProcWith(args, os.Environ(), filepath.Join(pr.dir, "logs", "infra.log"), nil, false, false)
+		if err != nil {
+			return fmt.Errorf("starting the pod's shared PID namespace: %w", err)
+		}
+		if infra.childPid == 0 {
+			infra.stop(0)
+			return fmt.Errorf("starting the pod's shared PID namespace: bwrap reported no pid")
+		}
+		pr.mu.Lock()
+		pr.infra = infra
+		pr.mu.Unlock()
+	}
 	pr.p.logf("pod %s: sandbox %s up, IP %s", pr.key, pr.netns, ip)
 	return nil
 }
@@ -323,7 +349,12 @@ func (pr *podRuntime) teardownSandbox() {
 	pr.mu.Lock()
 	up := pr.netUp
 	pr.netUp = false
+	infra := pr.infra
+	pr.infra = nil
 	pr.mu.Unlock()
+	if infra != nil {
+		infra.stop(0) // SIGKILL: ends whatever still runs in the shared PID namespace
+	}
 	if !up {
 		// still try: a setup may have half-succeeded
 		if _, err := os.Stat("/run/netns/" + pr.netns); err != nil {
@@ -366,6 +397,14 @@ func (pr *podRuntime) runContainer(c *ctrRuntime) bool {
 		if !ok {
 			pr.setWaiting(c, "ErrImagePull", ErrImageNotMapped(c.spec.Image))
 			pr.p.event(pr.currentPod(), corev1.EventTypeWarning, "Failed", fmt.Sprintf("Failed to pull image %q: %s", c.spec.Image, ErrImageNotMapped(c.spec.Image)))
+			if !pr.sleep(10 * time.Second) {
+				return false
+			}
+			continue
+		}
+		if msg := ProgramMissing(c.spec.Image, program); msg != "" && len(c.spec.Command) == 0 {
+			pr.setWaiting(c, "ErrImagePull", msg)
+			pr.p.event(pr.currentPod(), corev1.EventTypeWarning, "Failed", fmt.Sprintf("Failed to pull image %q: %s", c.spec.Image, msg))
 			if !pr.sleep(10 * time.Second) {
 				return false
 			}
@@ -414,10 +453,28 @@ func (pr *podRuntime) runContainer(c *ctrRuntime) bool {
 			pr.mu.Unlock()
 			pr.chownTokens(*runAs)
 		}
+		var pidNs *os.File
+		var nsErr error
+		pr.mu.Lock()
+		if pr.infra != nil {
+			pidNs, nsErr = os.Open(fmt.Sprintf("/proc/%d/ns/pid", pr.infra.childPid))
+		}
+		pr.mu.Unlock()
+		if nsErr != nil {
+			pr.setWaiting(c, "CreateContainerError", "the pod's shared PID namespace is gone: "+nsErr.Error())
+			if !pr.sleep(5 * time.Second) {
+				return false
+			}
+			continue
+		}
+		pidNsFD := 0
+		if pidNs != nil {
+			pidNsFD = 4
+		}
 		args := BwrapArgs(osFS{}, SandboxSpec{
 			Netns: pr.netns, Hostname: hostname,
 			HostsFile: filepath.Join(pr.dir, "etc", "hosts"), ResolvFile: filepath.Join(pr.dir, "etc", "resolv.conf"),
-			WorkDir: c.spec.WorkingDir, Mounts: mounts, Argv: secArgv, StatusFD: 3,
+			WorkDir: c.spec.WorkingDir, Mounts: mounts, Argv: secArgv, StatusFD: 3, PidNsFD: pidNsFD,
 		})
 		pr.mu.Lock()
 		restarts := c.status.RestartCount
@@ -429,7 +486,10 @@ func (pr *podRuntime) runContainer(c *ctrRuntime) bool {
 		args = cg.wrap(args)
 		logPath := filepath.Join(c.logDir, fmt.Sprintf("%d.log", restarts))
 		os.Remove(logPath)
-		pc, err := startProc(args, EnvStrings(fullEnv), logPath)
+		pc, err := startProcWith(args, EnvStrings(fullEnv), logPath, pidNs, true, c.spec.Stdin)
+		if pidNs != nil {
+			pidNs.Close()
+		}
 		now := metav1.Now()
 		if err == nil {
 			os.MkdirAll(filepath.Join(pr.dir, "pids"), 0o755)

@@ -18,18 +18,30 @@ import (
 // proc is one running container instance: `ip netns exec NS bwrap ... -- argv`.
 type proc struct {
 	cmd      *exec.Cmd
-	childPid int // the container's main process (pid 1 in its pid namespace), host pid
+	childPid int // the container's main process (host pid; PID 1 of its own PID namespace, or not with shareProcessNamespace)
 	started  time.Time
 	done     chan struct{}
 	exitCode int32
 	signaled bool
 	finished time.Time
 	logPath  string
+	// stdin is the write end of the container's stdin (spec.stdin), nil when its stdin is
+	// /dev/null. attach writes to it; stdinMu serializes attaches.
+	stdin   *os.File
+	stdinMu sync.Mutex
 }
 
 // startProc starts the sandboxed process, its output going to logPath in CRI log format
 // ("<RFC3339Nano> stdout|stderr F <line>").
 func startProc(args []string, env []string, logPath string) (*proc, error) {
+	return startProcWith(args, env, logPath, nil, true, false)
+}
+
+// startProcWith is startProc with fd4 (if not nil) passed to the child as fd 4 (the shared PID
+// namespace for bwrap --pidns 4). waitExec waits until bwrap's child has exec'd its program
+// (false for a pod's infra process, whose PID 1 stays bwrap's init). withStdin gives the
+// process a pipe as stdin (a container with `stdin: true`), kept open for `kubectl attach -i`.
+func startProcWith(args []string, env []string, logPath string, fd4 *os.File, waitExec, withStdin bool) (*proc, error) {
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, err
 	}
@@ -45,6 +57,9 @@ func startProc(args []string, env []string, logPath string) (*proc, error) {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = env
 	cmd.ExtraFiles = []*os.File{statusW} // fd 3
+	if fd4 != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, fd4)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	outR, err := cmd.StdoutPipe()
 	if err != nil {
@@ -54,14 +69,31 @@ func startProc(args []string, env []string, logPath string) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
+	var stdinR, stdinW *os.File
+	if withStdin {
+		if stdinR, stdinW, err = os.Pipe(); err != nil {
+			lf.Close()
+			statusR.Close()
+			statusW.Close()
+			return nil, err
+		}
+		cmd.Stdin = stdinR
+	}
 	if err := cmd.Start(); err != nil {
 		lf.Close()
 		statusR.Close()
 		statusW.Close()
+		if stdinR != nil {
+			stdinR.Close()
+			stdinW.Close()
+		}
 		return nil, err
 	}
 	statusW.Close()
-	p := &proc{cmd: cmd, started: time.Now(), done: make(chan struct{}), logPath: logPath}
+	if stdinR != nil {
+		stdinR.Close()
+	}
+	p := &proc{cmd: cmd, started: time.Now(), done: make(chan struct{}), logPath: logPath, stdin: stdinW}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	copyLog := func(r io.Reader, stream string) {
@@ -115,7 +147,7 @@ func startProc(args []string, env []string, logPath string) (*proc, error) {
 	}
 	// bwrap reports the child's pid before the sandbox is set up: wait until the child has
 	// exec'd the container's program, so exec/nsenter sees the finished mount namespace.
-	if p.childPid > 0 {
+	if p.childPid > 0 && waitExec {
 		for i := 0; i < 300; i++ {
 			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.childPid))
 			if err != nil || !strings.HasSuffix(exe, "/bwrap") {
@@ -129,6 +161,9 @@ func startProc(args []string, env []string, logPath string) (*proc, error) {
 		err := cmd.Wait()
 		lf.Close()
 		p.finished = time.Now()
+		if p.stdin != nil {
+			p.stdin.Close()
+		}
 		if err != nil {
 			if ee, ok := err.(*exec.ExitError); ok {
 				ws := ee.Sys().(syscall.WaitStatus)

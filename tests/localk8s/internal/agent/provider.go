@@ -45,6 +45,9 @@ type Provider struct {
 
 	// services lists a namespace's Services for service-link env vars (nil: none).
 	services func(namespace string) ([]*corev1.Service, error)
+	// podFromAPI returns the pod object as the API has it (the pod informer's cache), for the
+	// conditions of readiness gates that other controllers set (nil: none).
+	podFromAPI func(namespace, name string) (*corev1.Pod, error)
 
 	mu       sync.Mutex
 	pods     map[string]*podRuntime
@@ -505,8 +508,114 @@ func (p *Provider) RunInContainer(ctx context.Context, ns, podName, ctrName stri
 }
 
 // AttachToContainer is not supported.
-func (p *Provider) AttachToContainer(context.Context, string, string, string, api.AttachIO) error {
-	return errdefs.InvalidInput("attach is not supported by the localk8s agent")
+// AttachToContainer serves `kubectl attach`: the running container's output from now on, stdout
+// and stderr apart (merged onto stdout for a TTY), until the container exits or the client
+// goes; with `-i`, the client's input goes to the container's stdin if the container has
+// `stdin: true` (a pipe; with `stdinOnce`, closed when the first attach's input ends), else it
+// is discarded as the kubelet does.
+func (p *Provider) AttachToContainer(ctx context.Context, ns, podName, ctrName string, attach api.AttachIO) error {
+	pr, c, err := p.container(ns, podName, ctrName)
+	if err != nil {
+		return err
+	}
+	pr.mu.Lock()
+	pc := c.proc
+	pr.mu.Unlock()
+	if pc == nil || pc.exited() {
+		return errdefs.InvalidInputf("container %s of pod %s/%s is not running", ctrName, ns, podName)
+	}
+	stdout, stderr := attach.Stdout(), attach.Stderr()
+	if stderr == nil || attach.TTY() {
+		stderr = stdout
+	}
+	if in := attach.Stdin(); in != nil {
+		if pc.stdin != nil {
+			once := c.spec.StdinOnce
+			go func() {
+				pc.stdinMu.Lock()
+				defer pc.stdinMu.Unlock()
+				_, _ = io.Copy(pc.stdin, in)
+				if once {
+					pc.stdin.Close()
+				}
+			}()
+		} else {
+			go io.Copy(io.Discard, in)
+		}
+	}
+	return followCRI(ctx, pc.logPath, pc.done, stdout, stderr)
+}
+
+// followCRI copies the CRI log lines appended to path from now on, until done is closed (then
+// what is left is drained) or ctx ends; each line's content goes to stdout or stderr per its
+// stream (nil writers discard).
+func followCRI(ctx context.Context, path string, done <-chan struct{}, stdout, stderr io.Writer) error {
+	f, err := openAtEnd(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return followCRIFrom(ctx, f, done, stdout, stderr)
+}
+
+func openAtEnd(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// followCRIFrom is followCRI from f's current offset.
+func followCRIFrom(ctx context.Context, f io.Reader, done <-chan struct{}, stdout, stderr io.Writer) error {
+	br := bufio.NewReader(f)
+	buf := ""
+	emit := func(line string) error {
+		_, stream, partial, content, ok := ParseCRILine(strings.TrimSuffix(line, "\n"))
+		if !ok {
+			return nil
+		}
+		if !partial {
+			content += "\n"
+		}
+		w := stdout
+		if stream == "stderr" {
+			w = stderr
+		}
+		if w == nil {
+			return nil
+		}
+		_, err := io.WriteString(w, content)
+		return err
+	}
+	for {
+		l, err := br.ReadString('\n')
+		buf += l
+		if err == nil {
+			if werr := emit(buf); werr != nil {
+				return werr
+			}
+			buf = ""
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-done:
+			rest, _ := io.ReadAll(br)
+			for _, line := range strings.SplitAfter(buf+string(rest), "\n") {
+				if line != "" {
+					emit(line)
+				}
+			}
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // PortForward connects the stream to localhost:port inside the pod's network namespace.
@@ -545,4 +654,39 @@ func (p *Provider) servicesEnv(pod *corev1.Pod) []EnvVar {
 		}
 	}
 	return append(out, p.serviceEnv...)
+}
+
+// ReadinessGatesChanged is called with the old and new pod object from the API: when a
+// readiness gate's condition changed there (set by another controller), the pod's status is
+// reported again with Ready recomputed.
+func (p *Provider) ReadinessGatesChanged(oldPod, newPod *corev1.Pod) {
+	if len(newPod.Spec.ReadinessGates) == 0 {
+		return
+	}
+	changed := false
+	for _, g := range newPod.Spec.ReadinessGates {
+		var o, n *corev1.PodCondition
+		for i := range oldPod.Status.Conditions {
+			if oldPod.Status.Conditions[i].Type == g.ConditionType {
+				o = &oldPod.Status.Conditions[i]
+			}
+		}
+		for i := range newPod.Status.Conditions {
+			if newPod.Status.Conditions[i].Type == g.ConditionType {
+				n = &newPod.Status.Conditions[i]
+			}
+		}
+		if (o == nil) != (n == nil) || (o != nil && o.Status != n.Status) {
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	p.mu.Lock()
+	pr, ok := p.pods[podKey(newPod.Namespace, newPod.Name)]
+	p.mu.Unlock()
+	if ok && pr.uid == string(newPod.UID) {
+		pr.notify()
+	}
 }

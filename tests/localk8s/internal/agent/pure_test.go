@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -549,5 +550,75 @@ func TestExitCodeOfASignalledProcessIs128PlusSignal(t *testing.T) {
 	err = exec.Command("sh", "-c", "exit 3").Run()
 	if got := ExitCodeOf(err.(*exec.ExitError)); got != 3 {
 		t.Fatalf("ExitCodeOf = %d, want 3", got)
+	}
+}
+
+func TestReadinessGates(t *testing.T) {
+	spec := &corev1.PodSpec{Containers: []corev1.Container{{Name: "a"}},
+		ReadinessGates: []corev1.PodReadinessGate{{ConditionType: "example.com/lb"}}}
+	ready := []corev1.ContainerStatus{runningSt(true)}
+	now := metav1.NewTime(time.Unix(100, 0))
+	cond := func(cs []corev1.PodCondition, ty corev1.PodConditionType) *corev1.PodCondition {
+		for i := range cs {
+			if cs[i].Type == ty {
+				return &cs[i]
+			}
+		}
+		return nil
+	}
+	// the gate's condition does not exist yet: containers ready, pod not
+	c1 := ComputeConditionsWithGates(nil, spec, corev1.PodRunning, nil, ready, nil, now)
+	if r := cond(c1, corev1.PodReady); r.Status != corev1.ConditionFalse || r.Reason != "ReadinessGatesNotReady" ||
+		r.Message != `corresponding condition of pod readiness gate "example.com/lb" does not exist.` {
+		t.Errorf("no gate condition: Ready %+v", r)
+	}
+	if cr := cond(c1, corev1.ContainersReady); cr.Status != corev1.ConditionTrue {
+		t.Errorf("ContainersReady %+v", cr)
+	}
+	// False in the API: carried over, still not Ready
+	api := []corev1.PodCondition{{Type: "example.com/lb", Status: corev1.ConditionFalse}}
+	c2 := ComputeConditionsWithGates(c1, spec, corev1.PodRunning, nil, ready, api, now)
+	if g := cond(c2, "example.com/lb"); g == nil || g.Status != corev1.ConditionFalse {
+		t.Errorf("gate condition not carried over: %+v", c2)
+	}
+	if r := cond(c2, corev1.PodReady); r.Status != corev1.ConditionFalse ||
+		r.Message != `the status of pod readiness gate "example.com/lb" is not "True", but False` {
+		t.Errorf("gate False: Ready %+v", r)
+	}
+	// True: Ready; the gate condition sorts after the kubelet's own
+	api[0].Status = corev1.ConditionTrue
+	c3 := ComputeConditionsWithGates(c2, spec, corev1.PodRunning, nil, ready, api, metav1.NewTime(time.Unix(200, 0)))
+	if r := cond(c3, corev1.PodReady); r.Status != corev1.ConditionTrue || r.LastTransitionTime.Unix() != 200 {
+		t.Errorf("gate True: Ready %+v", r)
+	}
+	if c3[len(c3)-1].Type != "example.com/lb" || len(c3) != 5 {
+		t.Errorf("conditions %+v", c3)
+	}
+}
+
+func TestFollowCRI(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "0.log")
+	if err := os.WriteFile(path, []byte("2026-01-01T00:00:00Z stdout F before attach\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := openAtEnd(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	done := make(chan struct{})
+	var out, errOut strings.Builder
+	finished := make(chan error, 1)
+	go func() { finished <- followCRIFrom(context.Background(), r, done, &out, &errOut) }()
+	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("2026-01-01T00:00:01Z stdout F one\n2026-01-01T00:00:01Z stderr F oops\n2026-01-01T00:00:02Z stdout P par")
+	f.WriteString("t\n2026-01-01T00:00:02Z stdout F ial\n")
+	f.Close()
+	close(done)
+	if err := <-finished; err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "one\npartial\n" || errOut.String() != "oops\n" {
+		t.Errorf("stdout %q stderr %q", out.String(), errOut.String())
 	}
 }

@@ -174,6 +174,14 @@ type SandboxSpec struct {
 	Argv       []string
 	// StatusFD is the fd number (in the child) for bwrap's --json-status-fd; 0 = none.
 	StatusFD int
+	// PidNsFD, when > 0, is the fd number (in the child) of the pod's shared PID namespace
+	// (/proc/<infra>/ns/pid, shareProcessNamespace): the container joins it instead of getting
+	// one of its own, so it is not PID 1 and sees, and can signal, the other containers'
+	// processes (bwrap --pidns; its /proc is that namespace's).
+	PidNsFD int
+	// Infra makes this the pod's infra process of a shared PID namespace: bwrap's own init
+	// (which reaps orphans) is PID 1 and Argv runs under it.
+	Infra bool
 }
 
 // hostFS abstracts the host file system lookups of BwrapArgs (for tests).
@@ -230,8 +238,15 @@ func BwrapArgs(fs hostFS, s SandboxSpec) []string {
 	if s.Netns != "" {
 		args = append(args, "ip", "netns", "exec", s.Netns)
 	}
-	args = append(args, "bwrap", "--die-with-parent", "--unshare-pid", "--unshare-uts", "--unshare-ipc", "--as-pid-1",
-		"--hostname", s.Hostname)
+	switch {
+	case s.PidNsFD > 0:
+		args = append(args, "bwrap", "--die-with-parent", "--pidns", fmt.Sprint(s.PidNsFD), "--unshare-uts", "--unshare-ipc")
+	case s.Infra:
+		args = append(args, "bwrap", "--die-with-parent", "--unshare-pid", "--unshare-uts", "--unshare-ipc")
+	default:
+		args = append(args, "bwrap", "--die-with-parent", "--unshare-pid", "--unshare-uts", "--unshare-ipc", "--as-pid-1")
+	}
+	args = append(args, "--hostname", s.Hostname)
 	if s.StatusFD > 0 {
 		args = append(args, "--json-status-fd", fmt.Sprint(s.StatusFD))
 	}

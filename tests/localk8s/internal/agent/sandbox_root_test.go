@@ -36,6 +36,8 @@ type rootEnv struct {
 
 const testBridge = "kvctest0"
 
+const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
+
 func newRootEnv(t *testing.T, objs ...any) *rootEnv {
 	if os.Getenv("KVCACHE_LOCALK8S_ROOT") != "1" {
 		t.Skip("set KVCACHE_LOCALK8S_ROOT=1 to run (root, bwrap, /usr/lib/cni)")
@@ -46,6 +48,12 @@ func newRootEnv(t *testing.T, objs ...any) *rootEnv {
 		testBridge, filepath.Join(dir, "ipam"))
 	confPath := filepath.Join(dir, "net.conflist")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The bridge plugin's isGateway turns on net.ipv4.ip_forward for the whole host: put back
+	// what was there (every root test holds /tmp/localk8s.lock, so no cluster relies on it).
+	fwdBefore, err := os.ReadFile(ipForwardPath)
+	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -73,6 +81,11 @@ func newRootEnv(t *testing.T, objs ...any) *rootEnv {
 		e.p.Shutdown(time.Second)
 		cancel()
 		exec.Command("ip", "link", "del", testBridge).Run()
+		if cur, err := os.ReadFile(ipForwardPath); err == nil && string(cur) != string(fwdBefore) {
+			if err := os.WriteFile(ipForwardPath, fwdBefore, 0o644); err != nil {
+				t.Errorf("restoring %s to %q: %v", ipForwardPath, strings.TrimSpace(string(fwdBefore)), err)
+			}
+		}
 		// nothing of ours may be left
 		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "kvc-testnode-") {
 			t.Errorf("netns left: %s", out)
@@ -386,5 +399,38 @@ func TestRootGracefulDelete(t *testing.T) {
 	e.mu.Unlock()
 	if last.Status.Phase != corev1.PodSucceeded || last.Status.ContainerStatuses[0].State.Terminated.ExitCode != 0 {
 		t.Errorf("final: %s %+v", last.Status.Phase, last.Status.ContainerStatuses[0].State)
+	}
+}
+
+// shareProcessNamespace: the containers share one PID namespace whose PID 1 is neither of them,
+// so one container sees the other's process and its SIGKILL is not ignored (as for PID 1).
+func TestRootSharedPIDNamespace(t *testing.T) {
+	e := newRootEnv(t)
+	killer := `for i in $(seq 100); do
+  for p in /proc/[0-9]*; do
+    if tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^sleep 1001'; then kill -9 ${p#/proc/} && echo killed ${p#/proc/}; exec sleep 1000; fi
+  done
+  sleep 0.1
+done
+echo not found; exec sleep 1000`
+	pod := testPod("shared",
+		corev1.Container{Name: "victim", Image: "busybox", Command: []string{"sleep", "1001"}},
+		corev1.Container{Name: "killer", Image: "busybox", Command: []string{"sh", "-c", killer}})
+	share := true
+	pod.Spec.ShareProcessNamespace = &share
+	if err := e.p.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	got := e.waitFor("shared", "victim killed by the other container and restarted", func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 2 && p.Status.ContainerStatuses[0].RestartCount >= 1 &&
+			p.Status.ContainerStatuses[0].State.Running != nil
+	}, 40*time.Second)
+	if lt := got.Status.ContainerStatuses[0].LastTerminationState.Terminated; lt == nil || lt.ExitCode != 137 {
+		t.Errorf("victim lastState.terminated = %+v, want exit code 137", lt)
+	}
+	out := logsOf(t, e.p, "shared", "killer", api.ContainerLogOpts{})
+	t.Logf("killer: %q; victim restarts %d", out, got.Status.ContainerStatuses[0].RestartCount)
+	if !strings.Contains(out, "killed ") || strings.Contains(out, "killed 1\n") {
+		t.Errorf("killer log: %q (want a kill of a pid other than 1)", out)
 	}
 }

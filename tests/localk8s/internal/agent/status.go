@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -108,7 +109,43 @@ func SetCondition(conds []corev1.PodCondition, c corev1.PodCondition, now metav1
 
 // ComputeConditions updates PodScheduled, Initialized, ContainersReady and Ready.
 func ComputeConditions(prev []corev1.PodCondition, spec *corev1.PodSpec, phase corev1.PodPhase, inits, ctrs []corev1.ContainerStatus, now metav1.Time) []corev1.PodCondition {
+	return ComputeConditionsWithGates(prev, spec, phase, inits, ctrs, nil, now)
+}
+
+// ComputeConditionsWithGates is ComputeConditions for a pod with spec.readinessGates: apiConds
+// are the conditions of the pod object in the API (where other controllers set the gates'
+// conditions). Each gate's condition is carried over as it is there (the agent writes the whole
+// status, so it must not drop them), and Ready is True only if the containers are ready and
+// every gate's condition is True, with the kubelet's reason and messages otherwise.
+func ComputeConditionsWithGates(prev []corev1.PodCondition, spec *corev1.PodSpec, phase corev1.PodPhase, inits, ctrs []corev1.ContainerStatus, apiConds []corev1.PodCondition, now metav1.Time) []corev1.PodCondition {
 	conds := append([]corev1.PodCondition(nil), prev...)
+	var gateMsgs []string
+	for _, g := range spec.ReadinessGates {
+		var found *corev1.PodCondition
+		for i := range apiConds {
+			if apiConds[i].Type == g.ConditionType {
+				found = &apiConds[i]
+			}
+		}
+		if found == nil {
+			gateMsgs = append(gateMsgs, fmt.Sprintf("corresponding condition of pod readiness gate %q does not exist.", string(g.ConditionType)))
+			// gone from the API object: do not write back an old copy
+			conds = slices.DeleteFunc(conds, func(c corev1.PodCondition) bool { return c.Type == g.ConditionType })
+			continue
+		}
+		replaced := false
+		for i := range conds {
+			if conds[i].Type == found.Type {
+				conds[i], replaced = *found, true
+			}
+		}
+		if !replaced {
+			conds = append(conds, *found)
+		}
+		if found.Status != corev1.ConditionTrue {
+			gateMsgs = append(gateMsgs, fmt.Sprintf("the status of pod readiness gate %q is not \"True\", but %v", string(g.ConditionType), found.Status))
+		}
+	}
 	conds = SetCondition(conds, corev1.PodCondition{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}, now)
 
 	var notInit []string
@@ -139,6 +176,8 @@ func ComputeConditions(prev []corev1.PodCondition, spec *corev1.PodSpec, phase c
 		msg := fmt.Sprintf("containers with unready status: [%s]", strings.Join(unready, " "))
 		cr.Status, cr.Reason, cr.Message = corev1.ConditionFalse, "ContainersNotReady", msg
 		rd.Status, rd.Reason, rd.Message = corev1.ConditionFalse, "ContainersNotReady", msg
+	} else if len(gateMsgs) > 0 {
+		rd.Status, rd.Reason, rd.Message = corev1.ConditionFalse, "ReadinessGatesNotReady", strings.Join(gateMsgs, ", ")
 	}
 	conds = SetCondition(conds, cr, now)
 	conds = SetCondition(conds, rd, now)
