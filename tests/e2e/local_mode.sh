@@ -28,7 +28,7 @@ for tool in "$bin/localk8s" "$bin/kubectl" "$bin/helm" "$bin/kube-apiserver" \
 done
 # The lock on fd 9 of this very process (no flock wrapper process: Ctrl-C must reach only this
 # script, so that make waits until the cleanup is done). localk8s inherits it.
-if [ -z "${KVCACHE_LOCALK8S_LOCKED:-}" ]; then
+if [ "${LOCALK8S_LOCK_HELD:-}" != /tmp/localk8s.lock ]; then
   exec 9>>/tmp/localk8s.lock
   if ! flock -n 9; then
     say "another localk8s holds /tmp/localk8s.lock (only one per machine); waiting for it..."

@@ -18,8 +18,11 @@ for tool in "$bin/localk8s" "$bin/kubectl" "$bin/helm" "$bin/kube-apiserver" \
             "$own_bin/kvcache-node" "$own_bin/kvcache-operator"; do
   if [ ! -x "$tool" ]; then echo "SKIP: $tool missing (make build; make localk8s)"; exit 77; fi
 done
-if [ -z "${KVCACHE_LOCALK8S_LOCKED:-}" ]; then
-  exec env KVCACHE_LOCALK8S_LOCKED=1 flock /tmp/localk8s.lock "$0" "$repo" "$own_bin" "$@"
+# CTest runs this under `flock /tmp/localk8s.lock env LOCALK8S_LOCK_HELD=/tmp/localk8s.lock`;
+# run by hand it takes the lock itself (never twice: a second flock below the holder waits
+# for ever).
+if [ "${LOCALK8S_LOCK_HELD:-}" != /tmp/localk8s.lock ]; then
+  exec env LOCALK8S_LOCK_HELD=/tmp/localk8s.lock flock /tmp/localk8s.lock "$0" "$repo" "$own_bin" "$@"
 fi
 
 export KVCACHE_BIN_DIR=$own_bin LOCALK8S_BIN_DIR=$bin
