@@ -23,7 +23,7 @@ DEBIAN_PACKAGES := \
   python3-kubernetes prometheus
 
 .PHONY: help deps build test test-unit test-integration run bench bench-persist fuzz clean format \
-  localk8s localk8s-bins test-localk8s conformance-localk8s localk8s-up localk8s-down
+  localk8s localk8s-bins test-localk8s conformance-localk8s localk8s-up localk8s-down images test-images
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -108,6 +108,12 @@ localk8s-up: localk8s ## Run localk8s in the foreground (Ctrl-C stops it and cle
 
 localk8s-down: ## Clean up after a crashed localk8s
 	$(BUILD_DIR)/bin/localk8s down --state-dir $(LOCALK8S_DIR)
+
+images: ## Build the node and operator images (buildah on a debootstrapped bookworm base; root)
+	images/build.sh
+
+test-images: images ## Run the node image with podman and expect 200 from /healthz (root)
+	images/test.sh
 
 format: ## clang-format the C++ sources
 	find cache-node tests/unit -name '*.cc' -o -name '*.h' | xargs clang-format -i
