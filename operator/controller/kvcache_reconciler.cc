@@ -482,6 +482,11 @@ Status KVCacheReconciler::ReadPodsAndNodes(Pass& pass) {
 void KVCacheReconciler::StepFailover(Pass& pass) {
   const KVCacheSpec& spec = pass.spec;
   if (pass.epoch == 0) return;  // nothing was ever served: no one to fail over from
+  // Still Creating (never every node ready): a primary that has not started yet holds no data
+  // a replica could save, and promoting a replica of it only churns full syncs. (In e2e, with
+  // timeoutSeconds 3, slow pod starts had every shard failed over during creation.)
+  const std::string old_phase = pass.old_status.value("phase", "");
+  if (old_phase.empty() || old_phase == "Pending" || old_phase == "Creating") return;
   auto now = clock_.WallNow();
   for (auto& [id, layout] : pass.layout) {
     if (pass.PodReady(layout.primary)) {
