@@ -22,7 +22,7 @@ DEBIAN_PACKAGES := \
   iproute2 iptables nftables containernetworking-plugins bubblewrap conntrack util-linux \
   python3-kubernetes prometheus
 
-.PHONY: help deps build test test-unit test-integration run bench bench-persist fuzz clean format \
+.PHONY: help deps build test test-unit test-integration run run-node bench bench-persist fuzz clean format \
   localk8s localk8s-bins test-localk8s conformance-localk8s localk8s-up localk8s-down images test-images
 
 help: ## Show the targets
@@ -69,7 +69,10 @@ test-unit: build ## Only the unit tests
 test-integration: build ## Only the black-box tests against the real binary
 	cd $(BUILD_DIR) && ctest --output-on-failure -L integration
 
-run: build ## Run one node on :8080 with data in ./data (Ctrl-C stops it)
+run: build ## Local mode (root): localk8s, the operator by Helm, a 3x1 KVCache; prints how to use it; Ctrl-C stops all
+	@exec tests/e2e/local_mode.sh $(BUILD_DIR)/bin $(LOCALK8S_DIR)
+
+run-node: build ## Run one node on :8080 with data in ./data, no Kubernetes (Ctrl-C stops it)
 	@echo "kvcache-node on $(LISTEN), data in $(DATA_DIR). Try, from another shell:"
 	@echo "  curl -i -X PUT --data-binary 'hello' http://127.0.0.1:8080/v1/greeting"
 	@echo "  curl -i http://127.0.0.1:8080/v1/greeting"

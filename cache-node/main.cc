@@ -499,7 +499,9 @@ int Run(int argc, char** argv) {
   server_options.body_timeout = std::chrono::seconds(flags.body_timeout_seconds);
   HttpServer server(api, metrics, server_options, persistence.get(), &forwarder);
   if (replication_options.mode == ReplicationMode::kSync) {
-    // Durable first (under fsync=always), then acknowledged by the replicas.
+    // In the local file first (durable under fsync=always), then acknowledged by the replicas:
+    // a primary killed and restarted before any failover must still hold every write its
+    // replicas acknowledged, or its new term's full sync would erase them everywhere.
     Persistence* persist = persistence.get();
     server.SetAckWaiter([persist, &replication](uint64_t seq,
                                                 std::function<void(const Status&)> done) {
@@ -511,7 +513,7 @@ int Run(int argc, char** argv) {
         }
       };
       if (persist != nullptr) {
-        persist->OnDurable(seq, replicate);
+        persist->OnWritten(seq, replicate);
       } else {
         replicate(Status::Ok());
       }

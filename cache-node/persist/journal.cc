@@ -182,6 +182,13 @@ std::vector<std::pair<std::function<void(const Status&)>, Status>> Journal::Take
                           it->first <= durable_seq_ ? Status::Ok() : not_durable);
   }
   on_durable_.erase(on_durable_.begin(), end);
+  auto written_end =
+      error_.ok() && !closing ? on_written_.upper_bound(written_seq_) : on_written_.end();
+  for (auto it = on_written_.begin(); it != written_end; ++it) {
+    answered.emplace_back(std::move(it->second),
+                          it->first <= written_seq_ ? Status::Ok() : not_durable);
+  }
+  on_written_.erase(on_written_.begin(), written_end);
   return answered;
 }
 
@@ -199,6 +206,24 @@ void Journal::OnDurable(uint64_t seq, std::function<void(const Status&)> done) {
   done(now);
 }
 
+void Journal::OnWritten(uint64_t seq, std::function<void(const Status&)> done) {
+  if (options_.fsync == FsyncMode::kAlways) {
+    OnDurable(seq, std::move(done));
+    return;
+  }
+  Status now;
+  {
+    std::lock_guard lock(mu_);
+    if (seq > written_seq_ && error_.ok()) {
+      on_written_.emplace(seq, std::move(done));
+      work_cv_.notify_one();
+      return;
+    }
+    now = error_;
+  }
+  done(now);
+}
+
 void Journal::FlusherLoop() {
   std::unique_lock lock(mu_);
   while (!stop_) {
@@ -206,7 +231,8 @@ void Journal::FlusherLoop() {
     work_cv_.wait_for(lock, error_.ok() ? kFlushInterval : kRetryInterval, [&] {
       return stop_ || (error_.ok() && ((always && !pending_.empty()) ||
                                         pending_.size() >= kWakeFlusherBytes)) ||
-             (!on_durable_.empty() && on_durable_.begin()->first <= durable_seq_);
+             (!on_durable_.empty() && on_durable_.begin()->first <= durable_seq_) ||
+             (error_.ok() && !on_written_.empty());
     });
     if (stop_) break;
     bool sync = always;
@@ -216,7 +242,7 @@ void Journal::FlusherLoop() {
     }
     if (fatal_) continue;  // see FlushLocked: nothing more is written until restart
     (void)FlushLocked(lock, sync);
-    if (!on_durable_.empty()) {
+    if (!on_durable_.empty() || !on_written_.empty()) {
       auto answered = TakeAnsweredLocked(/*closing=*/false);
       lock.unlock();
       for (auto& [done, status] : answered) done(status);

@@ -83,6 +83,13 @@ class Journal final : public WriteLog {
   // into the journal.
   void OnDurable(uint64_t seq, std::function<void(const Status&)> done);
 
+  // Like OnDurable, but under fsync everysec/no calls `done` once record `seq` has been written
+  // to the file (the kernel holds it: a crash of this process cannot lose it, a crash of the
+  // machine can); under fsync=always it is OnDurable. Sync replication acknowledges writes
+  // only after this, so a primary killed and restarted at once still has every write its
+  // replicas acknowledged (otherwise its new term's full sync would erase them there too).
+  void OnWritten(uint64_t seq, std::function<void(const Status&)> done);
+
   // Writes and fsyncs everything appended so far, then starts a new segment. Returns the first
   // sequence number of the new segment: every record before it is in an older segment.
   StatusOr<uint64_t> Rotate();
@@ -121,6 +128,7 @@ class Journal final : public WriteLog {
   bool stop_ = false;
   int durable_waiters_ = 0;
   std::multimap<uint64_t, std::function<void(const Status&)>> on_durable_;
+  std::multimap<uint64_t, std::function<void(const Status&)>> on_written_;
   std::unique_ptr<WritableFile> file_;
   uint64_t file_size_ = 0;
   std::chrono::steady_clock::time_point last_sync_;

@@ -311,6 +311,14 @@ void Persistence::OnDurable(uint64_t seq, std::function<void(const Status&)> don
   journal_->OnDurable(seq, std::move(done));
 }
 
+void Persistence::OnWritten(uint64_t seq, std::function<void(const Status&)> done) {
+  if (!journal_) {
+    done(UnavailableError("persistence is not open"));
+    return;
+  }
+  journal_->OnWritten(seq, std::move(done));
+}
+
 Status Persistence::Snapshot() {
   std::lock_guard snapshot_lock(snapshot_mu_);
   if (!journal_) return UnavailableError("persistence is not open");

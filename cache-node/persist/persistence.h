@@ -80,6 +80,7 @@ class Persistence {
   // See Journal::WaitDurable and Journal::OnDurable.
   Status WaitDurable(uint64_t seq);
   void OnDurable(uint64_t seq, std::function<void(const Status&)> done);
+  void OnWritten(uint64_t seq, std::function<void(const Status&)> done);
 
   // Takes a snapshot now and drops files no longer needed. One at a time.
   Status Snapshot();

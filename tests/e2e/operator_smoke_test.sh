@@ -133,7 +133,7 @@ check_keys() {  # check_keys WHEN: the 30 keys read back through the Service
   local i code
   for i in $(seq 1 30); do
     for _ in $(seq 30); do
-      code=$(curl -s -o "$state/got" -w '%{http_code}' "http://$ip:8080/v1/key-$i")
+      code=$(curl -s -o "$state/got" -w '%{http_code}' "http://$ip:8080/v1/key-$i" || true)
       [ "$code" = 503 ] || [ "$code" = 000 ] || break
       sleep 0.5
     done

@@ -1,4 +1,7 @@
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <future>
 #include <stdlib.h>
 
 #include <atomic>
@@ -244,6 +247,26 @@ TEST(Journal, CloseAnswersEveryWaitingWrite) {
     EXPECT_EQ(static_cast<uint64_t>(answered.load()), stats.records);
     EXPECT_EQ(failed.load(), 0);  // Close made them all durable
   }
+}
+
+// Sync replication acknowledges after OnWritten: under everysec the record must already be in
+// the file (a SIGKILL right after the ack keeps it), without waiting for the next fsync.
+TEST(Journal, OnWrittenAnswersOnceTheRecordIsInTheFile) {
+  TempDir dir;
+  Journal journal(Env::Posix(), dir.path(), {FsyncMode::kEverySec, 64 << 20}, 1);
+  ASSERT_TRUE(journal.Open().ok());
+  auto seq = journal.LogPut("key", std::string(100, 'v'), "", 0);
+  ASSERT_TRUE(seq.ok());
+  std::promise<Status> written;
+  journal.OnWritten(*seq, [&](const Status& st) { written.set_value(st); });
+  auto answered = written.get_future();
+  ASSERT_EQ(answered.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(answered.get().ok());
+  EXPECT_GE(journal.Stats().bytes_written, 100u);
+  std::error_code ec;
+  EXPECT_GE(std::filesystem::file_size(std::filesystem::path(dir.path()) / SegmentName(1), ec),
+            100u);
+  ASSERT_TRUE(journal.Close().ok());
 }
 
 TEST(Journal, RotatesSegmentsBySize) {
