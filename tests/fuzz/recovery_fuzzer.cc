@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -17,12 +18,24 @@ namespace {
 
 using namespace kvcache::node;
 
+std::string& BaseDir() {
+  static std::string dir;
+  return dir;
+}
+
+// One scratch directory per fuzzing process, removed when the fuzzer exits normally.
 std::string TempDir() {
-  static std::string base = [] {
+  static const bool made = [] {
     std::string pattern = (std::filesystem::temp_directory_path() / "kvc-fuzz-XXXXXX").string();
-    return std::string(mkdtemp(pattern.data()));
+    BaseDir() = mkdtemp(pattern.data());
+    std::atexit([] {
+      std::error_code ignored;
+      std::filesystem::remove_all(BaseDir(), ignored);
+    });
+    return true;
   }();
-  return base;
+  (void)made;
+  return BaseDir();
 }
 
 void Recover(const std::string& file_name, const std::string& bytes) {
