@@ -27,12 +27,6 @@ const json& Meta(const json& object) {
   return it != object.end() && it->is_object() ? *it : kEmpty;
 }
 
-std::string MetaString(const json& object, const char* field) {
-  const json& meta = Meta(object);
-  auto it = meta.find(field);
-  return it != meta.end() && it->is_string() ? it->get<std::string>() : "";
-}
-
 int64_t ParseRv(const std::string& s, bool* ok) {
   try {
     size_t used = 0;

@@ -7,13 +7,6 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string MetaString(const Object& object, const char* field) {
-  auto meta = object.find("metadata");
-  if (meta == object.end() || !meta->is_object()) return "";
-  auto it = meta->find(field);
-  return it != meta->end() && it->is_string() ? it->get<std::string>() : "";
-}
-
 }  // namespace
 
 std::string ObjectKey(const Object& object) {

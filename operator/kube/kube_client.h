@@ -29,6 +29,14 @@ namespace kvcache::kube {
 
 using Object = nlohmann::json;
 
+// metadata.<field> of an object when it is a string, else "" (absent metadata included).
+inline std::string MetaString(const Object& object, const char* field) {
+  auto meta = object.find("metadata");
+  if (meta == object.end() || !meta->is_object()) return "";
+  auto it = meta->find(field);
+  return it != meta->end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 // Which REST collection an object lives in: {"apps", "v1", "statefulsets", "StatefulSet"}.
 // The core group is "".
 struct ResourceRef {

@@ -42,13 +42,6 @@ std::string PatchContentType(PatchType type) {
   return "application/merge-patch+json";
 }
 
-std::string MetaString(const json& object, const char* field) {
-  auto meta = object.find("metadata");
-  if (meta == object.end() || !meta->is_object()) return "";
-  auto it = meta->find(field);
-  return it != meta->end() && it->is_string() ? it->get<std::string>() : "";
-}
-
 WatchEvent::Type EventType(const std::string& type, bool* known) {
   *known = true;
   if (type == "ADDED") return WatchEvent::Type::kAdded;
