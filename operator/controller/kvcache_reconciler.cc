@@ -14,24 +14,37 @@ namespace {
 using protocol::NodeStatus;
 using std::chrono::milliseconds;
 
+// RFC 3339 with milliseconds: a failover timer stored in whole seconds would fire up to a
+// second early after an operator restart (the stored start rounded down).
 std::string FormatTime(std::chrono::system_clock::time_point t) {
-  std::time_t secs = std::chrono::system_clock::to_time_t(t);
+  auto ms = std::chrono::time_point_cast<std::chrono::milliseconds>(t);
+  std::time_t secs = std::chrono::system_clock::to_time_t(ms);
+  if (ms < std::chrono::system_clock::from_time_t(secs)) --secs;  // before 1970: floor
+  int millis = static_cast<int>(
+      (ms - std::chrono::system_clock::from_time_t(secs)).count());
   std::tm tm{};
   gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  char buf[40];
+  size_t n = std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof(buf) - n, ".%03dZ", millis);
   return buf;
 }
 
+// Reads FormatTime's output and the whole-second form earlier operators wrote.
 std::optional<std::chrono::system_clock::time_point> ParseTime(const std::string& text) {
   std::tm tm{};
-  if (std::sscanf(text.c_str(), "%d-%d-%dT%d:%d:%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6) {
+  int millis = 0;
+  int consumed = 0;
+  if (std::sscanf(text.c_str(), "%d-%d-%dT%d:%d:%d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &consumed) != 6) {
+    return std::nullopt;
+  }
+  if (text[consumed] == '.' && std::sscanf(text.c_str() + consumed, ".%3d", &millis) != 1) {
     return std::nullopt;
   }
   tm.tm_year -= 1900;
   tm.tm_mon -= 1;
-  return std::chrono::system_clock::from_time_t(timegm(&tm));
+  return std::chrono::system_clock::from_time_t(timegm(&tm)) + std::chrono::milliseconds(millis);
 }
 
 // "1Gi", "500M", "1073741824" -> bytes; nullopt when it cannot tell (then sizes are compared
@@ -493,7 +506,15 @@ void KVCacheReconciler::StepFailover(Pass& pass) {
       pass.primary_not_ready_since.erase(id);
       continue;
     }
-    if (SlotCount(layout.slots) == 0 && id >= spec.shards) continue;  // drained, going away
+    // A shard that owns no slots holds nothing a client reads: it is being added (its pods may
+    // still be starting) or has been drained. Promoting one of its replicas saves no data and
+    // costs a full sync; a target whose primary is down makes its move fail and retry
+    // instead. (In e2e with timeoutSeconds 3, every shard added by a reshard was failed over
+    // while its pods started.)
+    if (SlotCount(layout.slots) == 0) {
+      pass.primary_not_ready_since.erase(id);
+      continue;
+    }
     if (!spec.failover.enabled || spec.replicas_per_shard == 0) {
       pass.Degrade("PrimaryNotReady", "primary " + layout.primary + " of shard " +
                                           std::to_string(id) + " is not ready (no failover)");

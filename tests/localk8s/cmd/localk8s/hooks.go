@@ -66,6 +66,9 @@ func (l *launcher) startControl(ctx context.Context) error {
 }
 
 func (l *launcher) control(ctx context.Context, req []string) string {
+	if len(req) == 2 && (req[0] == "stop-node" || req[0] == "start-node") {
+		return l.nodeHook(req[0], req[1])
+	}
 	if len(req) == 2 && req[0] == "restart" {
 		name, ok := componentAliases[req[1]]
 		p := l.byName[name]
@@ -105,12 +108,14 @@ func (l *launcher) control(ctx context.Context, req []string) string {
 	return "error unknown request " + strings.Join(req, " ")
 }
 
-func cmdRestart(args []string) int {
-	fs := flag.NewFlagSet("restart", flag.ContinueOnError)
-	dir, rest, ok := parseWithStateDir("restart", args, fs)
+// cmdControl sends `name ARG` to the running launcher's control socket (restart, stop-node,
+// start-node) and prints its reply.
+func cmdControl(name, want string, args []string) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	dir, rest, ok := parseWithStateDir(name, args, fs)
 	if !ok || len(rest) != 1 {
 		if ok {
-			errf("restart: want one component: apiserver, etcd, controller-manager, scheduler, kube-proxy, coredns")
+			errf("%s: want one %s", name, want)
 		}
 		return 2
 	}
@@ -120,7 +125,7 @@ func cmdRestart(args []string) int {
 		return 1
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "restart %s\n", rest[0])
+	fmt.Fprintf(c, "%s %s\n", name, rest[0])
 	reply, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
 		errf("%v", err)

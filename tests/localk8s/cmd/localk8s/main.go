@@ -61,6 +61,10 @@ func usage() {
       (DIR/kubeconfig-apf-test) very few seats and Reject, so its clients get 429s.
   localk8s kill-pod --state-dir DIR [-n NAMESPACE] POD
       Fault hook: SIGKILLs the main process of every container of the pod from outside.
+  localk8s stop-node --state-dir DIR NODE / start-node --state-dir DIR NODE
+      Fault hook: stops a node's agent as if the machine were lost (its pods' processes end,
+      heartbeats stop: the Node goes NotReady after 20 s, its pods unready; the objects
+      stay), and starts it again (it runs the pods still bound to it).
 `)
 }
 
@@ -88,7 +92,9 @@ func main() {
 	case "down":
 		os.Exit(cmdDown(args))
 	case "restart":
-		os.Exit(cmdRestart(args))
+		os.Exit(cmdControl("restart", "component: apiserver, etcd, controller-manager, scheduler, kube-proxy, coredns", args))
+	case "stop-node", "start-node":
+		os.Exit(cmdControl(cmd, "node name (node-1 ... node-N)", args))
 	case "compact-etcd":
 		os.Exit(cmdCompact(args))
 	case "apf-tighten":

@@ -46,7 +46,10 @@ type launcher struct {
 	bgCancel     context.CancelFunc
 	bgWG         sync.WaitGroup
 	agentsWG     sync.WaitGroup
+	agentsCtx    context.Context
 	agentsCancel context.CancelFunc
+	agentsMu     sync.Mutex // serialises the stop-node / start-node hooks
+	agents       map[string]*nodeAgent
 	listeners    []net.Listener
 	started      time.Time
 }
@@ -252,6 +255,10 @@ func (l *launcher) run(ctx context.Context, t0 time.Time) error {
 		"--use-service-account-credentials",
 		"--cluster-signing-cert-file", pk("ca.crt"), "--cluster-signing-key-file", pk("ca.key"),
 		"--service-cluster-ip-range", serviceCIDR, "--cluster-cidr", podCIDR, "--allocate-node-cidrs=false",
+		// A lost node (the stop-node hook) turns NotReady, and its pods unready, 20 s after
+		// its last heartbeat instead of the default 50 s; the agents renew their Lease every
+		// 5 s (20 s Leases), so a busy machine still has four renewals of margin.
+		"--node-monitor-grace-period=20s",
 		"--profiling=false", "--v=1")
 	sched := l.addProc("scheduler", "kube-scheduler",
 		"--kubeconfig", kc("scheduler"), "--authentication-kubeconfig", kc("scheduler"),

@@ -187,7 +187,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	nodeObj := NodeObject(cfg, hostIP, port)
 	nc, err := node.NewNodeController(node.NewNaiveNodeProvider(), nodeObj, client.CoreV1().Nodes(),
-		node.WithNodeEnableLeaseV1(client.CoordinationV1().Leases(corev1.NamespaceNodeLease), 40),
+		node.WithNodeEnableLeaseV1(client.CoordinationV1().Leases(corev1.NamespaceNodeLease), 20),
 		node.WithNodeStatusUpdateInterval(20*time.Second))
 	if err != nil {
 		return err

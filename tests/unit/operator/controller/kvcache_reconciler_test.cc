@@ -379,6 +379,50 @@ TEST(KVCacheReconciler, ScaleUpMovesSlotsOneMigrationAtATime) {
   EXPECT_EQ(node.topology->shards.size(), 5u);
 }
 
+// Regression (e2e, timeoutSeconds 3): the primaries of shards added by a reshard were failed
+// over while their pods started, before the shards owned a slot.
+TEST(KVCacheReconciler, NoFailoverOfAShardThatOwnsNoSlots) {
+  World w;
+  w.Create({{"shards", 1}, {"replicasPerShard", 1}, {"failover", {{"timeoutSeconds", 1}}}});
+  w.RunPods();
+  w.Converge();
+  w.PatchSpec({{"shards", 2}});
+  w.not_ready.insert("demo-1-0");  // the new shard's primary starts slowly; its replica answers
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(w.Reconcile().status.ok());
+    w.RunPods();
+    w.clock.Advance(seconds(2));
+  }
+  EXPECT_TRUE(w.admin.Promoted().empty());
+  EXPECT_EQ(w.Status()["phase"], "Resharding");
+  w.not_ready.clear();
+  w.Converge(60);
+  EXPECT_TRUE(w.admin.Promoted().empty());
+  EXPECT_EQ(w.metrics.Failovers(), 0);
+  EXPECT_EQ(w.Status()["phase"], "Running");
+  EXPECT_EQ(OwnedSlots(w.Status(), 1), 8192);
+}
+
+// The not-ready start is kept to the millisecond: whole seconds would let the timer fire up to
+// a second early.
+TEST(KVCacheReconciler, FailoverTimerIsNotRoundedDown) {
+  World w;
+  w.Create({{"shards", 1}, {"replicasPerShard", 1}, {"failover", {{"timeoutSeconds", 10}}}});
+  w.RunPods();
+  w.Converge();
+  w.clock.Advance(std::chrono::milliseconds(900));
+  w.stopped.insert("demo-0-0");
+  w.not_ready.insert("demo-0-0");
+  w.RunPods();
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  w.clock.Advance(std::chrono::milliseconds(9500));
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  EXPECT_TRUE(w.admin.Promoted().empty()) << "9.5 s of a 10 s timeout";
+  w.clock.Advance(std::chrono::milliseconds(600));
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  EXPECT_EQ(w.admin.Promoted(), std::vector<std::string>{"demo-0-1"});
+}
+
 TEST(KVCacheReconciler, ScaleDownDrainsTheShardBeforeDeletingItsStatefulSet) {
   World w;
   w.Create({{"shards", 3}, {"replicasPerShard", 0}});
