@@ -16,7 +16,7 @@ DEBIAN_PACKAGES := \
   libpistache-dev libcpprest-dev libboost1.74-dev prometheus-cpp-dev nlohmann-json3-dev libgtest-dev \
   libgmock-dev libbenchmark-dev libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev \
   libxxhash-dev libssl-dev clang clang-format libclang-rt-14-dev \
-  python3 python3-venv python3-pytest python3-requests python3-selenium \
+  python3 python3-venv python3-pytest python3-requests python3-selenium python3-yaml \
   chromium chromium-driver \
   wrk nginx-light webdis redis-server redis-tools \
   iproute2 iptables nftables containernetworking-plugins bubblewrap conntrack util-linux \
