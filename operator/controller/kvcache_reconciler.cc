@@ -290,6 +290,7 @@ ReconcileResult KVCacheReconciler::RunPass(Pass& pass) {
   if (Status s = ReadPodsAndNodes(pass); !s.ok()) return {s, std::nullopt};
   StepFailover(pass);
   StepResharding(pass);
+  StepReplicaScaleIn(pass);
   StepRollout(pass);
   StepTopology(pass);
   if (Status s = WriteStatus(pass); !s.ok()) {
@@ -386,6 +387,13 @@ Status KVCacheReconciler::ApplyChildren(Pass& pass) {
     } else if (live.status().code() != StatusCode::kNotFound) {
       return live.status();
     }
+    // Scale-in of replicasPerShard: a primary among the ordinals going away keeps its pod
+    // until it has handed its role over (StepReplicaScaleIn).
+    int shard = -1, primary_ordinal = -1;
+    if (ParsePodName(spec, pass.layout.at(id).primary, &shard, &primary_ordinal) &&
+        primary_ordinal >= spec.NodesPerShard()) {
+      desired["spec"]["replicas"] = primary_ordinal + 1;
+    }
     if (Status s = Apply(pass, kinds::kStatefulSet, desired); !s.ok()) return s;
     if (live.ok()) pass.statefulsets[id] = *live;
     if (spec.pdb.enabled) {
@@ -403,13 +411,16 @@ Status KVCacheReconciler::ApplyChildren(Pass& pass) {
                                ",app.kubernetes.io/name=kvcache";
   StatusOr<kube::ListResult> sets = kube_.List(kinds::kStatefulSet, pass.ns, by_instance);
   if (!sets.ok()) return sets.status();
+  std::set<int> with_statefulset;
   for (const Json& sts : sets->items) {
     std::string shard_label = StringAt(sts, "/metadata/labels/kvcache.io~1shard"_json_pointer);
     int shard = shard_label.empty() ? -1 : std::atoi(shard_label.c_str());
+    with_statefulset.insert(shard);
     if (shard < 0 || keep.count(shard)) continue;
     std::string sts_name = sts["metadata"]["name"].get<std::string>();
     if (Status s = DeleteIfPresent(pass, kinds::kStatefulSet, sts_name); !s.ok()) return s;
     if (Status s = DeleteIfPresent(pass, kinds::kPdb, sts_name); !s.ok()) return s;
+    with_statefulset.erase(shard);  // its claims go below (kept until its pods are gone)
   }
 
   // Optional children.
@@ -446,16 +457,40 @@ Status KVCacheReconciler::ApplyChildren(Pass& pass) {
   StatusOr<kube::ListResult> claims = kube_.List(kinds::kPvc, pass.ns, by_instance);
   if (!claims.ok()) return claims.status();
   for (const Json& pvc : claims->items) {
+    std::string pvc_name = pvc["metadata"]["name"].get<std::string>();
+    std::string shard_label = StringAt(pvc, "/metadata/labels/kvcache.io~1shard"_json_pointer);
+    int shard = shard_label.empty() ? -1 : std::atoi(shard_label.c_str());
+    if (shard >= 0 && !keep.count(shard) && !with_statefulset.count(shard)) {
+      // A drained shard's claim, once its StatefulSet is deleted: every key it held has moved.
+      // Kept, it would come back with stale keys when a later scale-up reuses the shard id.
+      // (The API server's pvc-protection finalizer holds it until the pods are gone.)
+      if (pvc["metadata"].contains("deletionTimestamp")) continue;
+      Status s = kube_.Delete(kinds::kPvc, pass.ns, pvc_name);
+      metrics_.Write("delete");
+      if (!s.ok() && s.code() != StatusCode::kNotFound) return s;
+      Event(pass, "Normal", "StorageReclaimed",
+            "Deleted PersistentVolumeClaim " + pvc_name + " of drained shard " + shard_label);
+      continue;
+    }
     std::string have = StringAt(pvc, "/spec/resources/requests/storage"_json_pointer);
     std::optional<double> have_bytes = QuantityBytes(have);
     bool grow = want && have_bytes ? *want > *have_bytes : have != spec.storage.size;
     if (!grow) continue;
     Json patch = {{"spec", {{"resources", {{"requests", {{"storage", spec.storage.size}}}}}}}};
-    std::string pvc_name = pvc["metadata"]["name"].get<std::string>();
     StatusOr<Json> patched =
         kube_.Patch(kinds::kPvc, pass.ns, pvc_name, kube::PatchType::kMerge, patch);
     metrics_.Write("patch");
-    if (!patched.ok()) return patched.status();
+    if (!patched.ok()) {
+      StatusCode code = patched.status().code();
+      if (code != StatusCode::kInvalidArgument && code != StatusCode::kPermissionDenied) {
+        return patched.status();
+      }
+      // Refused for good (a StorageClass without allowVolumeExpansion): say so and go on, so
+      // failover and topology keep working; the size cannot be lowered again (CEL rule).
+      pass.Degrade("VolumeExpansionFailed", "PersistentVolumeClaim " + pvc_name + " cannot grow to " +
+                                                spec.storage.size + ": " + patched.status().message());
+      continue;
+    }
     Event(pass, "Normal", "VolumeExpanded",
           "Requested " + spec.storage.size + " for PersistentVolumeClaim " + pvc_name);
   }
@@ -635,26 +670,7 @@ void KVCacheReconciler::StepRollout(Pass& pass) {
   if (victim.empty() && spec.replicas_per_shard > 0) {
     // Only the primary is left: hand its role to the most caught-up replica first, so the
     // restart costs a role change (503 + Retry-After for a moment) instead of an outage.
-    std::vector<PromotionCandidate> candidates;
-    for (int ordinal = 0; ordinal < spec.NodesPerShard(); ++ordinal) {
-      std::string pod = PodName(spec, id, ordinal);
-      auto node = pass.nodes.find(pod);
-      if (pod == layout.primary || node == pass.nodes.end()) continue;
-      candidates.push_back({pod, true, node->second.applied_offset});
-    }
-    std::optional<std::string> chosen = ChoosePromotion(candidates);
-    if (!chosen) return;
-    uint64_t epoch = std::max(pass.MaxNodeEpoch(), pass.forced_epoch) + 1;
-    StatusOr<NodeStatus> promoted = pass.admin->Promote(pass.NodeAddr(*chosen), {epoch});
-    if (!promoted.ok()) {
-      pass.Degrade("SwitchoverFailed", "promoting " + *chosen + ": " + promoted.status().ToString());
-      return;
-    }
-    Event(pass, "Normal", "PrimarySwitchedOver",
-          "Shard " + std::to_string(id) + ": " + *chosen + " took over from " + layout.primary +
-              " before its restart");
-    layout.primary = *chosen;
-    pass.forced_epoch = epoch;
+    SwitchOver(pass, id, "before its restart");
     return;  // the old primary restarts as a replica on a later pass
   }
   if (victim.empty()) victim = layout.primary;  // no replica: a restart is an outage anyway
@@ -665,6 +681,50 @@ void KVCacheReconciler::StepRollout(Pass& pass) {
     return;
   }
   Event(pass, "Normal", "PodRestarted", "Restarted " + victim + " for the new pod template");
+}
+
+bool KVCacheReconciler::SwitchOver(Pass& pass, int id, const std::string& why) {
+  const KVCacheSpec& spec = pass.spec;
+  ShardLayout& layout = pass.layout.at(id);
+  std::vector<PromotionCandidate> candidates;
+  for (int ordinal = 0; ordinal < spec.NodesPerShard(); ++ordinal) {
+    std::string pod = PodName(spec, id, ordinal);
+    auto node = pass.nodes.find(pod);
+    if (pod == layout.primary || node == pass.nodes.end() || !pass.PodReady(pod)) continue;
+    candidates.push_back({pod, true, node->second.applied_offset});
+  }
+  std::optional<std::string> chosen = ChoosePromotion(candidates);
+  if (!chosen) return false;
+  uint64_t epoch = std::max(pass.MaxNodeEpoch(), pass.forced_epoch) + 1;
+  StatusOr<NodeStatus> promoted = pass.admin->Promote(pass.NodeAddr(*chosen), {epoch});
+  if (!promoted.ok()) {
+    pass.Degrade("SwitchoverFailed", "promoting " + *chosen + ": " + promoted.status().ToString());
+    return false;
+  }
+  Event(pass, "Normal", "PrimarySwitchedOver",
+        "Shard " + std::to_string(id) + ": " + *chosen + " took over from " + layout.primary +
+            " " + why);
+  layout.primary = *chosen;
+  pass.forced_epoch = epoch;
+  return true;
+}
+
+void KVCacheReconciler::StepReplicaScaleIn(Pass& pass) {
+  const KVCacheSpec& spec = pass.spec;
+  for (auto& [id, layout] : pass.layout) {
+    int shard = -1, ordinal = -1;
+    if (!ParsePodName(spec, layout.primary, &shard, &ordinal) || ordinal < spec.NodesPerShard()) {
+      continue;
+    }
+    pass.Progress("ScalingReplicas", "primary " + layout.primary + " of shard " +
+                                         std::to_string(id) + " hands over before its pod goes");
+    pass.Requeue(options_.progress_interval);
+    // One switchover per pass, on a settled cluster (the staying replica caught up and ready).
+    if (!pass.resharding.is_null() || !TopologySettled(pass)) return;
+    SwitchOver(pass, id, "before replicasPerShard " + std::to_string(spec.replicas_per_shard) +
+                             " removes its pod");
+    return;
+  }
 }
 
 void KVCacheReconciler::StepResharding(Pass& pass) {

@@ -16,6 +16,8 @@
 //   5. Resharding: spec.shards differs from the shards owning slots -> a plan of moves with
 //      minimal movement; one migration at a time (StartMigration, then GetMigration until done;
 //      the slots flip owner in a new epoch); a drained shard's StatefulSet goes afterwards.
+//   5b. Replica scale-in: a primary whose ordinal replicasPerShard removes hands its role to
+//      the most caught-up staying replica first; its StatefulSet keeps the pod until then.
 //   6. Rolling update (StatefulSets use OnDelete): pods on an old template revision are
 //      deleted one at a time on a settled, fully ready cluster, replicas first; before a
 //      primary goes, its most caught-up replica is promoted (switchover).
@@ -93,7 +95,12 @@ class KVCacheReconciler {
   Status ReadPodsAndNodes(Pass& pass);
   void StepFailover(Pass& pass);
   void StepResharding(Pass& pass);
+  void StepReplicaScaleIn(Pass& pass);
   void StepRollout(Pass& pass);
+  // Promotes the most caught-up ready replica of shard `id` that stays (ordinal below
+  // NodesPerShard) at a new epoch: the planned hand-over before a primary's pod goes. Returns
+  // false (and records why in status) when no replica qualifies or the promotion fails.
+  bool SwitchOver(Pass& pass, int id, const std::string& why);
   bool TopologySettled(const Pass& pass) const;
   void StepTopology(Pass& pass);
   Status WriteStatus(Pass& pass);

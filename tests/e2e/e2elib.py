@@ -147,6 +147,12 @@ class LocalK8s:
     def kill_pod(self, namespace, pod):
         run([BIN / "localk8s", "kill-pod", "--state-dir", self.state, "-n", namespace, pod])
 
+    def fault(self, hook, *args):
+        """A localk8s fault hook: restart COMPONENT, stop-node NODE, start-node NODE,
+        compact-etcd. Returns its output line."""
+        out = run([BIN / "localk8s", hook, "--state-dir", self.state, *args], timeout=180)
+        return (out.stdout + out.stderr).strip()
+
     def install_operator(self, extra=()):
         """helm install of charts/kvcache-operator (image kvcache/kvcache-operator, mapped to
         OWN_BIN/kvcache-operator) and waits for the Deployment."""

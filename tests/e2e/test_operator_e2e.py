@@ -11,7 +11,8 @@ import time
 import pytest
 import yaml
 
-from e2elib import SAMPLE, Cache, await_condition, checksum, is_available, log, summary
+from e2elib import (OPERATOR_NS, RELEASE, SAMPLE, Cache, await_condition, checksum, is_available,
+                    log, summary)
 
 
 def sample(**spec):
@@ -206,10 +207,18 @@ def no_migration_api(kvc):
     return False
 
 
-def scale(cluster, ns, shards, n_keys, cache, digest, keys):
+def scale(cluster, ns, shards, n_keys, cache, digest, keys, mid_reshard=None):
+    """Patches spec.shards, waits until converged and checks every key; mid_reshard(), when
+    given, runs once status shows the reshard under way with moves left."""
     t0 = time.monotonic()
     cluster.kubectl("patch", "kvc", "demo", "-n", ns, "--type=merge",
                     "-p", f'{{"spec":{{"shards":{shards}}}}}')
+    if mid_reshard:
+        def under_way():
+            r = get_kvc(cluster, ns)["status"].get("resharding") or {}
+            return r.get("completedMoves", 0) < r.get("totalMoves", 0)
+        await_condition("a reshard under way", under_way, timeout=120, interval=0.1)
+        mid_reshard()
     kvc, _ = wait_converged(
         cluster, ns, timeout=600,
         watch=no_migration_api,
@@ -248,7 +257,20 @@ def test_scale_shards_keeps_every_key(cluster, namespace):
     log(f"wrote {n} keys in {time.monotonic() - t0:.1f}s")
     digest = checksum(cache, keys)
     scale(cluster, ns, 4, n, cache, digest, keys)
-    scale(cluster, ns, 2, n, cache, digest, keys)
+
+    def delete_operator_pod():
+        """The operator pod goes mid-reshard: its Deployment's next pod takes the Lease and
+        resumes from status."""
+        selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
+        pods = cluster.get_json("pods", "-n", OPERATOR_NS, "-l", selector)["items"]
+        names = [p["metadata"]["name"] for p in pods]
+        r = get_kvc(cluster, ns)["status"]["resharding"]
+        log(f"deleting the operator pod {names} at move {r.get('completedMoves')}/"
+            f"{r.get('totalMoves')}")
+        cluster.kubectl("delete", "pod", "-n", OPERATOR_NS, *names, "--wait=false")
+    scale(cluster, ns, 2, n, cache, digest, keys, mid_reshard=delete_operator_pod)
+    events = {e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]}
+    assert "ReshardCompleted" in events, sorted(events)
 
 
 class Writer(threading.Thread):
@@ -348,3 +370,228 @@ def test_reshard_time_per_100k_keys(cluster, namespace):
     log(f"wrote {n} keys in {time.monotonic() - t0:.1f}s")
     digest = checksum(cache, keys)
     scale(cluster, ns, 4, n, cache, digest, keys)
+
+
+def node_ready(cluster, node):
+    for c in cluster.get_json("node", node)["status"].get("conditions", []):
+        if c["type"] == "Ready":
+            return c["status"] == "True"
+    return False
+
+
+def test_node_lost_fails_over_without_losing_acknowledged_writes(cluster, namespace):
+    """replication sync, 2 shards x 1 replica, a writer throughout. The node agent running
+    shard 0's primary stops as if the machine were lost (`localk8s stop-node`: its pods'
+    processes end, heartbeats stop): the Node goes NotReady, its pods unready, and every shard
+    whose primary ran there fails over to its replica on another node; writes go on. The node
+    comes back, the old primaries rejoin as replicas, every acknowledged write reads back."""
+    ns = namespace
+    apply(cluster, ns, sample(shards=2, replication={"mode": "sync"},
+                              failover={"timeoutSeconds": 3}))
+    kvc, _ = wait_converged(cluster, ns, check=lambda k: k["status"].get("readyNodes") == 4)
+    pods = {p["metadata"]["name"]: p["spec"]["nodeName"]
+            for p in cluster.get_json("pods", "-n", ns)["items"]}
+    lost = pods[kvc["status"]["shards"][0]["primary"]]
+    moved = {s["id"]: s["primary"] for s in kvc["status"]["shards"] if pods[s["primary"]] == lost}
+    for s in kvc["status"]["shards"]:
+        assert all(pods[r] != pods[s["primary"]] for r in s["replicas"]), \
+            f"anti-affinity: shard {s['id']} has a replica beside its primary: {pods}"
+    writer = Writer(service_ip(cluster, ns))
+    writer.start()
+    await_condition("writes acknowledged", lambda: len(writer.acked) >= 200, timeout=60)
+    t0 = time.monotonic()
+    try:
+        log(cluster.fault("stop-node", lost))
+        await_condition(f"Node {lost} NotReady", lambda: not node_ready(cluster, lost), timeout=90)
+        t_not_ready = time.monotonic() - t0
+
+        def failed_over():
+            k = get_kvc(cluster, ns)
+            now = {s["id"]: s["primary"] for s in k["status"]["shards"]}
+            return all(now[i] != old for i, old in moved.items())
+        await_condition(f"shards {sorted(moved)} failed over", failed_over, timeout=90,
+                        progress=lambda: summary(get_kvc(cluster, ns)))
+        t_failed_over = time.monotonic() - t0
+        acked = len(writer.acked)
+        await_condition("writes acknowledged after the failover",
+                        lambda: len(writer.acked) >= acked + 200, timeout=60)
+    finally:
+        log(cluster.fault("start-node", lost))
+    await_condition(f"Node {lost} Ready", lambda: node_ready(cluster, lost), timeout=90)
+    kvc, _ = wait_converged(cluster, ns, timeout=240,
+                            check=lambda k: k["status"].get("readyNodes") == 4)
+    writer.stop.set()
+    writer.join(timeout=30)
+    for s in kvc["status"]["shards"]:
+        if s["id"] in moved:
+            assert moved[s["id"]] in s["replicas"], f"old primary not a replica: {s}"
+    log(f"FIGURE failover after a node loss (sync, timeoutSeconds 3, node grace 20 s): Node "
+        f"NotReady {t_not_ready:.1f}s, new primaries in status {t_failed_over:.1f}s after the "
+        f"agent stopped")
+    log(f"writer: {len(writer.acked)} acknowledged, {writer.refused} refused (503), "
+        f"{writer.errors} connection errors")
+    cache = Cache(service_ip(cluster, ns))
+    missing = []
+    for key, value in writer.acked.items():
+        status, body = cache.get_retrying(key)
+        if (status, body) != (200, value):
+            missing.append((key, status, body[:40]))
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
+    assert get_kvc(cluster, ns)["status"]["phase"] == "Running"
+
+
+APF_FOR_OPERATOR = """
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: PriorityLevelConfiguration
+metadata: {name: e2e-operator-tight}
+spec:
+  type: Limited
+  limited:
+    nominalConcurrencyShares: 1
+    lendablePercent: 0
+    borrowingLimitPercent: 0
+    limitResponse: {type: Reject}
+---
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: FlowSchema
+metadata: {name: e2e-operator-tight}
+spec:
+  priorityLevelConfiguration: {name: e2e-operator-tight}
+  matchingPrecedence: 40
+  distinguisherMethod: {type: ByUser}
+  rules:
+  - subjects:
+    - kind: ServiceAccount
+      serviceAccount: {namespace: NAMESPACE, name: ACCOUNT}
+    resourceRules:
+    - {verbs: ["*"], apiGroups: ["*"], resources: ["*"], namespaces: ["*"], clusterScope: true}
+"""
+
+
+def metric_sum(metrics, prefix, *needles):
+    """Sum of the samples whose name+labels start with prefix and contain every needle."""
+    return sum(v for k, v in metrics.items()
+               if k.startswith(prefix) and all(n in k for n in needles))
+
+
+def test_control_plane_faults_do_not_stop_convergence(cluster, namespace):
+    """While the operator runs under a tight APF priority level (its ServiceAccount gets very
+    few seats and 429 beyond them), etcd is compacted and the apiserver restarted (every watch
+    breaks; resuming from a compacted resourceVersion gets 410 and a relist), and
+    replicasPerShard goes 0 -> 1: the KVCache still converges with its keys intact."""
+    ns = namespace
+    apply(cluster, ns, sample(shards=1, replicasPerShard=0))
+    wait_converged(cluster, ns)
+    cache = Cache(service_ip(cluster, ns))
+    keys = write_keys(cache, 100, prefix="cp")
+    account = cluster.get_json("deployment", "-n", OPERATOR_NS, RELEASE)[
+        "spec"]["template"]["spec"]["serviceAccountName"]
+    apf = APF_FOR_OPERATOR.replace("NAMESPACE", OPERATOR_NS).replace("ACCOUNT", account)
+    before = cluster.operator_metrics()
+    t0 = time.monotonic()
+    try:
+        cluster.kubectl("apply", "-f", "-", input=apf)
+        log(cluster.fault("compact-etcd"))
+        log(cluster.fault("restart", "apiserver"))
+        cluster.kubectl("patch", "kvc", "demo", "-n", ns, "--type=merge",
+                        "-p", '{"spec":{"replicasPerShard":1}}')
+        kvc, _ = wait_converged(cluster, ns, timeout=240,
+                                check=lambda k: k["status"].get("readyNodes") == 2)
+    finally:
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=apf)
+    took = time.monotonic() - t0
+    after = cluster.operator_metrics()
+    restarts = (metric_sum(after, "kvcache_operator_kube_watch_restarts_total")
+                - metric_sum(before, "kvcache_operator_kube_watch_restarts_total"))
+    gone = (metric_sum(after, "kvcache_operator_kube_watch_restarts_total", "expired")
+            - metric_sum(before, "kvcache_operator_kube_watch_restarts_total", "expired"))
+    throttled = (metric_sum(after, "kvcache_operator_kube_requests_total", 'code="429"')
+                 - metric_sum(before, "kvcache_operator_kube_requests_total", 'code="429"'))
+    log(f"FIGURE control-plane faults: converged {took:.1f}s after the apiserver restart and "
+        f"etcd compaction; watch restarts {restarts:.0f} (410 expired: {gone:.0f}), 429s {throttled:.0f}")
+    assert restarts > 0, "the apiserver restart broke no watch of the operator"
+    assert len(kvc["status"]["shards"][0]["replicas"]) == 1, kvc["status"]["shards"]
+    for key, value in keys.items():
+        status, body = cache.get_retrying(key)
+        assert (status, body) == (200, value), f"GET {key} -> {status} {body[:80]!r}"
+
+
+class Client(threading.Thread):
+    """PUT c:<n> then GET it back, in a loop through the Service. A 503 (+ Retry-After, a role
+    moving) and a refused connection (a stopped pod kube-proxy has not dropped yet) are
+    answers a client retries; any other status, a wrong value, a reset or a timeout is a
+    failed request."""
+
+    def __init__(self, host):
+        super().__init__(daemon=True)
+        self.cache = Cache(host, timeout=5)
+        self.ok, self.retried, self.failed = 0, 0, []
+        self.stop = threading.Event()
+
+    def call(self, fn, *args):
+        """fn(*args) until it is not a 503 or refused connection; (status, body) or None."""
+        while not self.stop.is_set():
+            try:
+                status, body, _ = fn(*args)
+            except ConnectionRefusedError:
+                status, body = 503, b""
+            except (OSError, http.client.HTTPException) as e:
+                self.failed.append(f"{fn.__name__} {args[0]}: {e!r}")
+                return None
+            if status != 503:
+                return status, body
+            self.retried += 1
+            time.sleep(0.05)
+        return None
+
+    def run(self):
+        n = 0
+        while not self.stop.is_set():
+            key, value = f"c:{n}", f"v{n}".encode()
+            n += 1
+            put = self.call(self.cache.put, key, value)
+            if put is None:
+                continue
+            if put[0] not in (200, 201):
+                self.failed.append(f"PUT {key} -> {put[0]} {put[1][:80]!r}")
+                continue
+            got = self.call(self.cache.get, key)
+            if got is not None and got != (200, value):
+                self.failed.append(f"GET {key} -> {got[0]} {got[1][:80]!r}")
+            elif got is not None:
+                self.ok += 1
+
+
+def test_image_change_rolls_pods_without_failed_requests(cluster, namespace):
+    """1 shard x 1 replica under a PUT+GET client: an image change restarts the replica, then
+    switches the primary over and restarts the old one. The client sees no failed request,
+    only retried 503s and refused connections."""
+    ns = namespace
+    apply(cluster, ns, sample(shards=1))
+    wait_converged(cluster, ns, check=lambda k: k["status"].get("readyNodes") == 2)
+    client = Client(service_ip(cluster, ns))
+    client.start()
+    await_condition("requests served", lambda: client.ok >= 100, timeout=60)
+    t0 = time.monotonic()
+    cluster.kubectl("patch", "kvc", "demo", "-n", ns, "--type=merge",
+                    "-p", '{"spec":{"image":"kvcache/kvcache-node:0.1.1"}}')
+
+    def rolled(k):
+        pods = cluster.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/instance=demo")
+        images = {p["spec"]["containers"][0]["image"] for p in pods["items"]}
+        return (images == {"kvcache/kvcache-node:0.1.1"} and len(pods["items"]) == 2
+                and k["status"].get("readyNodes") == 2)
+    try:
+        wait_converged(cluster, ns, timeout=300, check=rolled)
+        served = client.ok
+        await_condition("requests served after the roll", lambda: client.ok >= served + 50,
+                        timeout=60)
+    finally:
+        client.stop.set()
+        client.join(timeout=30)
+    took = time.monotonic() - t0
+    events = [e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]]
+    log(f"FIGURE image change, 2 pods: rolled in {took:.1f}s; client: {client.ok} PUT+GET ok, "
+        f"{client.retried} retried (503 or refused), {len(client.failed)} failed")
+    assert not client.failed, f"{len(client.failed)} failed requests, e.g. {client.failed[:5]}"
+    assert {"PrimarySwitchedOver", "PodRestarted"} <= set(events), sorted(set(events))

@@ -131,6 +131,18 @@ class World {
     return "";
   }
 
+  // The claim a StatefulSet controller makes for pod demo-<shard>-<ordinal>.
+  void SeedClaim(int shard, int ordinal, const std::string& size = "1Gi") {
+    kube.Seed(kinds::kPvc,
+              {{"apiVersion", "v1"},
+               {"kind", "PersistentVolumeClaim"},
+               {"metadata",
+                {{"name", "data-demo-" + std::to_string(shard) + "-" + std::to_string(ordinal)},
+                 {"namespace", "prod"},
+                 {"labels", Labels(*ParseKVCacheSpec(Object()), "node", shard)}}},
+               {"spec", {{"resources", {{"requests", {{"storage", size}}}}}}}});
+  }
+
   bool HasEvent(const std::string& reason) {
     for (const std::string& e : events) {
       if (e.find(" " + reason + ":") != std::string::npos) return true;
@@ -321,6 +333,39 @@ TEST(KVCacheReconciler, FailsOverToTheMostCaughtUpReplicaAfterTheTimeout) {
   EXPECT_FALSE(w.Status().contains("failover"));
 }
 
+// replicasPerShard 2 -> 0 after a failover left the primary on ordinal 2: the StatefulSet keeps
+// that pod until the primary role has moved to ordinal 0, so the scale-in never deletes it.
+TEST(KVCacheReconciler, ReplicaScaleInSwitchesOverBeforeRemovingThePrimary) {
+  World w;
+  w.Create({{"shards", 1}, {"replicasPerShard", 2}, {"failover", {{"timeoutSeconds", 1}}}});
+  w.RunPods();
+  w.Converge();
+  w.admin.At(World::Addr(0, 2)).status.applied_offset = 50;
+  w.stopped.insert("demo-0-0");
+  w.not_ready.insert("demo-0-0");
+  w.RunPods();
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  w.clock.Advance(seconds(2));
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  ASSERT_EQ(w.admin.Promoted(), std::vector<std::string>{"demo-0-2"});
+  w.stopped.clear();
+  w.not_ready.clear();
+  w.RunPods();
+  w.Converge();
+  ASSERT_EQ(w.Status()["shards"][0]["primary"], "demo-0-2");
+
+  w.PatchSpec({{"replicasPerShard", 0}});
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  EXPECT_EQ((*w.kube.Peek(kinds::kStatefulSet, "prod", "demo-0"))["spec"]["replicas"], 3)
+      << "the primary's pod stays until it hands over";
+  w.Converge();
+  EXPECT_EQ(w.admin.Promoted(), (std::vector<std::string>{"demo-0-2", "demo-0-0"}));
+  EXPECT_EQ(w.Status()["shards"][0]["primary"], "demo-0-0");
+  EXPECT_EQ((*w.kube.Peek(kinds::kStatefulSet, "prod", "demo-0"))["spec"]["replicas"], 1);
+  EXPECT_EQ(w.Status()["phase"], "Running");
+  EXPECT_TRUE(w.HasEvent("PrimarySwitchedOver"));
+}
+
 TEST(KVCacheReconciler, NoFailoverWithoutAReachableReplica) {
   World w;
   w.Create({{"shards", 1}, {"replicasPerShard", 1}, {"failover", {{"timeoutSeconds", 1}}}});
@@ -394,7 +439,7 @@ TEST(KVCacheReconciler, NoFailoverOfAShardThatOwnsNoSlots) {
     w.clock.Advance(seconds(2));
   }
   EXPECT_TRUE(w.admin.Promoted().empty());
-  EXPECT_EQ(w.Status()["phase"], "Resharding");
+  EXPECT_EQ(OwnedSlots(w.Status(), 1), 0) << "no move before the target's primary is ready";
   w.not_ready.clear();
   w.Converge(60);
   EXPECT_TRUE(w.admin.Promoted().empty());
@@ -447,6 +492,25 @@ TEST(KVCacheReconciler, ScaleDownDrainsTheShardBeforeDeletingItsStatefulSet) {
     EXPECT_EQ(m.target.name, "demo-" + std::to_string(m.target_shard) + "-0");
   }
   EXPECT_EQ(targets, (std::set<int>{0, 1})) << "the drained shard spreads over both";
+}
+
+// A drained shard's claims go once its StatefulSet is gone: a later scale-up reusing the shard
+// id must not bring back the stale keys they hold.
+TEST(KVCacheReconciler, DrainedShardClaimsAreDeletedAfterItsStatefulSet) {
+  World w;
+  w.Create({{"shards", 3}, {"replicasPerShard", 0}, {"storage", {{"reclaimPolicy", "Keep"}}}});
+  w.RunPods();
+  w.Converge();
+  for (int shard = 0; shard < 3; ++shard) w.SeedClaim(shard, 0);
+  w.PatchSpec({{"shards", 2}});
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  EXPECT_TRUE(w.kube.Peek(kinds::kPvc, "prod", "data-demo-2-0").has_value()) << "still draining";
+  w.Converge(60);
+  EXPECT_FALSE(w.kube.Peek(kinds::kStatefulSet, "prod", "demo-2").has_value());
+  EXPECT_FALSE(w.kube.Peek(kinds::kPvc, "prod", "data-demo-2-0").has_value());
+  EXPECT_TRUE(w.kube.Peek(kinds::kPvc, "prod", "data-demo-0-0").has_value());
+  EXPECT_TRUE(w.kube.Peek(kinds::kPvc, "prod", "data-demo-1-0").has_value());
+  EXPECT_TRUE(w.HasEvent("StorageReclaimed"));
 }
 
 TEST(KVCacheReconciler, ReshardResumesWithANewReconcilerMidMigration) {
@@ -538,15 +602,7 @@ TEST(KVCacheReconciler, FinalizerOnlyForStorageReclaimDeletesTheClaims) {
   EXPECT_EQ(w.Object()["metadata"]["finalizers"], Json::array({"kvcache.io/finalizer"}));
 
   // The claims the StatefulSet made (not owned by the KVCache: only the finalizer removes them).
-  for (int ordinal = 0; ordinal < 2; ++ordinal) {
-    w.kube.Seed(kinds::kPvc, {{"apiVersion", "v1"},
-                              {"kind", "PersistentVolumeClaim"},
-                              {"metadata",
-                               {{"name", "data-demo-0-" + std::to_string(ordinal)},
-                                {"namespace", "prod"},
-                                {"labels", Labels(*ParseKVCacheSpec(w.Object()), "node", 0)}}},
-                              {"spec", {{"resources", {{"requests", {{"storage", "1Gi"}}}}}}}});
-  }
+  for (int ordinal = 0; ordinal < 2; ++ordinal) w.SeedClaim(0, ordinal);
   ASSERT_TRUE(w.kube.Delete(kinds::kKVCache, "prod", "demo").ok());
   ASSERT_TRUE(w.kube.Peek(kinds::kKVCache, "prod", "demo").has_value()) << "held by the finalizer";
   ASSERT_TRUE(w.Reconcile().status.ok());
@@ -559,13 +615,7 @@ TEST(KVCacheReconciler, StorageGrowthExpandsTheClaimsNotTheTemplate) {
   World w;
   w.Create({{"shards", 1}, {"replicasPerShard", 0}});
   ASSERT_TRUE(w.Reconcile().status.ok());
-  w.kube.Seed(kinds::kPvc, {{"apiVersion", "v1"},
-                            {"kind", "PersistentVolumeClaim"},
-                            {"metadata",
-                             {{"name", "data-demo-0-0"},
-                              {"namespace", "prod"},
-                              {"labels", Labels(*ParseKVCacheSpec(w.Object()), "node", 0)}}},
-                            {"spec", {{"resources", {{"requests", {{"storage", "1Gi"}}}}}}}});
+  w.SeedClaim(0, 0);
   w.PatchSpec({{"storage", {{"size", "2Gi"}}}});
   ASSERT_TRUE(w.Reconcile().status.ok());
   EXPECT_EQ((*w.kube.Peek(kinds::kPvc, "prod", "data-demo-0-0"))["spec"]["resources"]["requests"]
@@ -575,6 +625,25 @@ TEST(KVCacheReconciler, StorageGrowthExpandsTheClaimsNotTheTemplate) {
                 ["spec"]["resources"]["requests"]["storage"],
             "1Gi");
   EXPECT_TRUE(w.HasEvent("VolumeExpanded"));
+}
+
+// A StorageClass without allowVolumeExpansion refuses the patch for good: reported, and the
+// rest of the reconcile (failover, topology, status) goes on.
+TEST(KVCacheReconciler, RefusedVolumeExpansionIsReportedNotFatal) {
+  World w;
+  w.Create({{"shards", 1}, {"replicasPerShard", 0}});
+  w.RunPods();
+  w.Converge();
+  w.SeedClaim(0, 0);
+  w.PatchSpec({{"storage", {{"size", "2Gi"}}}});
+  w.kube.InjectError(Verb::kPatch, InvalidArgumentError("only dynamically provisioned pvc can be resized"),
+                     1000, kinds::kPvc);
+  ReconcileResult r = w.Reconcile();
+  EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+  std::string reason;
+  EXPECT_EQ(w.Condition("Degraded", &reason), "True");
+  EXPECT_EQ(reason, "VolumeExpansionFailed");
+  EXPECT_EQ(w.Status()["observedGeneration"], w.Object()["metadata"]["generation"]);
 }
 
 TEST(KVCacheReconciler, ConflictOnStatusAsksForAnImmediateRetry) {
