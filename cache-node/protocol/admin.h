@@ -4,6 +4,7 @@
 // never includes cpprestsdk). docs/cluster.md documents the HTTP side.
 //
 //   GET  /internal/status            -> NodeStatus
+//   GET  /internal/topology          -> the node's installed Topology (404 when none)
 //   PUT  /internal/topology          body Topology -> {"epoch": N}
 //   POST /internal/promote           body PromoteRequest -> NodeStatus (now primary)
 //   POST /internal/migrations        body MigrationRequest -> MigrationStatus (source primary)
@@ -79,6 +80,8 @@ class AdminClient {
  public:
   virtual ~AdminClient() = default;
   virtual StatusOr<NodeStatus> GetStatus(const std::string& addr) = 0;
+  // NotFound when the node has no topology installed.
+  virtual StatusOr<Topology> GetTopology(const std::string& addr) = 0;
   virtual Status PutTopology(const std::string& addr, const Topology& topology) = 0;
   virtual StatusOr<NodeStatus> Promote(const std::string& addr, const PromoteRequest& request) = 0;
   virtual StatusOr<MigrationStatus> StartMigration(const std::string& addr,

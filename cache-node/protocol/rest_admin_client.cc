@@ -64,6 +64,12 @@ StatusOr<NodeStatus> RestAdminClient::GetStatus(const std::string& addr) {
   return ParseNodeStatus(*text);
 }
 
+StatusOr<Topology> RestAdminClient::GetTopology(const std::string& addr) {
+  StatusOr<std::string> text = Call(addr, "GET", "/internal/topology", nullptr);
+  if (!text.ok()) return text.status();
+  return ParseTopology(*text);
+}
+
 Status RestAdminClient::PutTopology(const std::string& addr, const Topology& topology) {
   const std::string body = EncodeTopology(topology);
   StatusOr<std::string> text = Call(addr, "PUT", "/internal/topology", &body);

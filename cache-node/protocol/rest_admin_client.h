@@ -34,6 +34,7 @@ class RestAdminClient final : public AdminClient {
   ~RestAdminClient() override;
 
   StatusOr<NodeStatus> GetStatus(const std::string& addr) override;
+  StatusOr<Topology> GetTopology(const std::string& addr) override;
   Status PutTopology(const std::string& addr, const Topology& topology) override;
   StatusOr<NodeStatus> Promote(const std::string& addr, const PromoteRequest& request) override;
   StatusOr<MigrationStatus> StartMigration(const std::string& addr,

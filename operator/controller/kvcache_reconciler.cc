@@ -114,6 +114,7 @@ struct KVCacheReconciler::Pass {
   std::map<int, Json> statefulsets;          // live, by shard
   uint64_t forced_epoch = 0;                 // a promotion already used this epoch
   bool topology_behind = false;              // some node has not got the current epoch
+  bool hold_topology = false;                // push nothing this pass (AdoptNodeLayout)
   bool rolling = false;                      // a StatefulSet is rolling out a new revision
 
   // Outcome.
@@ -288,6 +289,7 @@ ReconcileResult KVCacheReconciler::RunPass(Pass& pass) {
     return {s, s.code() == StatusCode::kConflict ? std::optional(milliseconds(0)) : std::nullopt};
   }
   if (Status s = ReadPodsAndNodes(pass); !s.ok()) return {s, std::nullopt};
+  AdoptNodeLayout(pass);
   StepFailover(pass);
   StepResharding(pass);
   StepReplicaScaleIn(pass);
@@ -460,7 +462,10 @@ Status KVCacheReconciler::ApplyChildren(Pass& pass) {
     std::string pvc_name = pvc["metadata"]["name"].get<std::string>();
     std::string shard_label = StringAt(pvc, "/metadata/labels/kvcache.io~1shard"_json_pointer);
     int shard = shard_label.empty() ? -1 : std::atoi(shard_label.c_str());
-    if (shard >= 0 && !keep.count(shard) && !with_statefulset.count(shard)) {
+    // Only once this KVCache has pushed a topology (epoch > 0): before that, a claim of a
+    // shard outside the layout is kept data of an earlier KVCache of the same name, which
+    // AdoptNodeLayout brings back.
+    if (pass.epoch > 0 && shard >= 0 && !keep.count(shard) && !with_statefulset.count(shard)) {
       // A drained shard's claim, once its StatefulSet is deleted: every key it held has moved.
       // Kept, it would come back with stale keys when a later scale-up reuses the shard id.
       // (The API server's pvc-protection finalizer holds it until the pods are gone.)
@@ -525,6 +530,64 @@ Status KVCacheReconciler::ReadPodsAndNodes(Pass& pass) {
     if (node.ok()) pass.nodes[name] = *node;
   }
   return Status::Ok();
+}
+
+void KVCacheReconciler::AdoptNodeLayout(Pass& pass) {
+  // Epoch 0: this KVCache never pushed a topology. A node that already has one runs on a
+  // volume kept from an earlier KVCache of the same name (reclaimPolicy Keep, deleted and
+  // created again) or the status was lost. Its layout is the truth about where keys are: an
+  // even layout pushed over it would strand every key of a slot that had moved.
+  if (pass.epoch != 0) return;
+  const std::string* newest = nullptr;
+  uint64_t newest_epoch = 0;
+  for (const auto& [name, node] : pass.nodes) {
+    if (node.epoch > newest_epoch) {
+      newest = &name;
+      newest_epoch = node.epoch;
+    }
+  }
+  if (newest == nullptr) return;
+  StatusOr<protocol::Topology> topology = pass.admin->GetTopology(pass.NodeAddr(*newest));
+  std::string problem;
+  std::map<int, ShardLayout> adopted;
+  if (!topology.ok()) {
+    problem = topology.status().ToString();
+  } else if (topology->cluster != pass.spec.name) {
+    problem = "it belongs to cluster " + topology->cluster;
+  } else {
+    int owned = 0;
+    for (const protocol::Shard& s : topology->shards) {
+      int shard = -1, ordinal = -1;
+      if (!ParsePodName(pass.spec, s.primary.name, &shard, &ordinal) || shard != s.id) {
+        problem = "shard " + std::to_string(s.id) + " names primary " + s.primary.name;
+        break;
+      }
+      adopted[s.id] = {s.id, NormalizeSlots(s.slots), s.primary.name};
+      owned += SlotCount(adopted[s.id].slots);
+    }
+    if (problem.empty() && owned != protocol::kSlotCount) {
+      problem = "its shards own " + std::to_string(owned) + " slots";
+    }
+  }
+  if (!problem.empty()) {
+    // Pushing our own layout would overwrite it: wait until it can be read or is fixed.
+    pass.Degrade("LayoutUnreadable", "node " + *newest + " has topology epoch " +
+                                         std::to_string(newest_epoch) +
+                                         " that cannot be adopted: " + problem);
+    pass.hold_topology = true;
+    pass.Requeue(options_.progress_interval);
+    return;
+  }
+  for (int id = 0; id < pass.spec.shards; ++id) {
+    if (!adopted.count(id)) adopted[id] = {id, {}, PodName(pass.spec, id, 0)};
+  }
+  pass.layout = std::move(adopted);
+  pass.epoch = topology->epoch;
+  pass.topology_hash = TopologyHash(*topology);
+  Event(pass, "Normal", "LayoutRecovered",
+        "Adopted topology epoch " + std::to_string(topology->epoch) + " (" +
+            std::to_string(topology->shards.size()) + " shards) from node " + *newest +
+            ": its volume holds data of an earlier KVCache of this name");
 }
 
 void KVCacheReconciler::StepFailover(Pass& pass) {
@@ -887,6 +950,7 @@ void KVCacheReconciler::StepResharding(Pass& pass) {
 }
 
 void KVCacheReconciler::StepTopology(Pass& pass) {
+  if (pass.hold_topology) return;
   protocol::Topology topology = BuildTopology(pass.spec, 1, pass.Layouts());
   std::string hash = TopologyHash(topology);
 

@@ -11,6 +11,9 @@
 //      does not already contain the desired fields: a converged KVCache costs zero writes.
 //      PVCs grow in place when storage.size grows (the StatefulSet's templates are immutable).
 //   3. Node state: GetStatus on every running pod (admin API, addressed by pod IP).
+//   3b. Layout recovery: a KVCache that never pushed a topology (epoch 0) whose nodes already
+//      have one (volumes kept from an earlier KVCache of the same name, or status lost) adopts
+//      the newest of them instead of pushing an even layout over it.
 //   4. Failover (per shard): primary unready for failover.timeoutSeconds -> Promote the
 //      reachable replica with the highest applied offset at epoch+1; the new topology follows.
 //   5. Resharding: spec.shards differs from the shards owning slots -> a plan of moves with
@@ -93,6 +96,7 @@ class KVCacheReconciler {
   Status Apply(Pass& pass, const kube::ResourceRef& ref, const Json& desired);
   Status DeleteIfPresent(Pass& pass, const kube::ResourceRef& ref, const std::string& name);
   Status ReadPodsAndNodes(Pass& pass);
+  void AdoptNodeLayout(Pass& pass);
   void StepFailover(Pass& pass);
   void StepResharding(Pass& pass);
   void StepReplicaScaleIn(Pass& pass);

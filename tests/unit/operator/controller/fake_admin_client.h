@@ -48,6 +48,14 @@ class FakeAdminClient final : public protocol::AdminClient {
     if (n == nullptr) return UnavailableError("no node at " + addr);
     return n->status;
   }
+  StatusOr<protocol::Topology> GetTopology(const std::string& addr) override {
+    std::lock_guard lock(mu_);
+    ++calls_["get-topology"];
+    Node* n = Find(addr);
+    if (n == nullptr) return UnavailableError("no node at " + addr);
+    if (!n->topology) return NotFoundError("no topology installed");
+    return *n->topology;
+  }
   Status PutTopology(const std::string& addr, const protocol::Topology& topology) override {
     std::lock_guard lock(mu_);
     ++calls_["topology"];

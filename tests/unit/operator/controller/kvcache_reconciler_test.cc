@@ -468,6 +468,52 @@ TEST(KVCacheReconciler, FailoverTimerIsNotRoundedDown) {
   EXPECT_EQ(w.admin.Promoted(), std::vector<std::string>{"demo-0-1"});
 }
 
+// A KVCache created again over kept volumes (reclaimPolicy Keep): its nodes still have the
+// earlier KVCache's topology (epoch 5, uneven after a reshard, shard 1 failed over). The
+// operator adopts it instead of pushing an even layout over it, then rebalances by moves.
+TEST(KVCacheReconciler, AdoptsTheLayoutItsNodesAlreadyHave) {
+  World w;
+  w.Create({{"shards", 2}, {"replicasPerShard", 1}});
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  w.RunPods();
+  protocol::Topology old;
+  old.cluster = "demo";
+  old.epoch = 5;
+  auto member = [](int shard, int ordinal) {
+    return protocol::Member{"demo-" + std::to_string(shard) + "-" + std::to_string(ordinal),
+                            World::Addr(shard, ordinal)};
+  };
+  old.shards.resize(2);
+  old.shards[0].id = 0;
+  old.shards[0].slots = {{0, 5999}};
+  old.shards[0].primary = member(0, 0);
+  old.shards[0].replicas = {member(0, 1)};
+  old.shards[1].id = 1;
+  old.shards[1].slots = {{6000, 16383}};
+  old.shards[1].primary = member(1, 1);
+  old.shards[1].replicas = {member(1, 0)};
+  for (int shard = 0; shard < 2; ++shard) {
+    for (int ordinal = 0; ordinal < 2; ++ordinal) {
+      w.admin.At(World::Addr(shard, ordinal)).topology = old;
+      w.admin.At(World::Addr(shard, ordinal)).status.epoch = 5;
+    }
+  }
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  EXPECT_TRUE(w.HasEvent("LayoutRecovered"));
+  Json status = w.Status();
+  EXPECT_EQ(status["shards"][1]["primary"], "demo-1-1");
+  EXPECT_EQ(OwnedSlots(status, 0), 6000);
+  w.Converge(60);
+  status = w.Status();
+  EXPECT_EQ(status["shards"][1]["primary"], "demo-1-1");
+  EXPECT_EQ(OwnedSlots(status, 0), 8192);
+  EXPECT_EQ(OwnedSlots(status, 1), 8192);
+  EXPECT_GT(status["topologyEpoch"].get<uint64_t>(), 5u);
+  ASSERT_FALSE(w.admin.Started().empty());
+  EXPECT_EQ(w.admin.Started().front().target_shard, 0) << "keys move by migration";
+  EXPECT_TRUE(w.admin.Promoted().empty());
+}
+
 TEST(KVCacheReconciler, ScaleDownDrainsTheShardBeforeDeletingItsStatefulSet) {
   World w;
   w.Create({{"shards", 3}, {"replicasPerShard", 0}});
