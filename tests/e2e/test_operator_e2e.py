@@ -157,14 +157,19 @@ def test_converged_reconciles_make_zero_writes(cluster, namespace):
 
 def test_delete_collects_children_and_honours_reclaim_policy(cluster, namespace):
     """`kubectl delete kvc`: the garbage collector removes every child; the PVCs of a Keep
-    KVCache stay, those of a Delete one go (the operator's finalizer)."""
+    KVCache stay, those of a Delete one go (the operator's finalizer). The Keep KVCache created
+    again with 3 shards instead of 2 adopts the layout its kept volumes carry and reshards from
+    it: every key reads back."""
     ns = namespace
-    for name, policy in (("keep", "Keep"), ("drop", "Delete")):
-        doc = sample(shards=1, replicasPerShard=0, storage={"reclaimPolicy": policy})
+    for name, policy, shards in (("keep", "Keep", 2), ("drop", "Delete", 1)):
+        doc = sample(shards=shards, replicasPerShard=0, storage={"reclaimPolicy": policy})
         doc["metadata"]["name"] = name
         apply(cluster, ns, doc)
     for name in ("keep", "drop"):
         wait_converged(cluster, ns, name)
+    cache = Cache(service_ip(cluster, ns, "keep"))
+    keys = write_keys(cache, 300, prefix="kept")
+    digest = checksum(cache, keys)
     pvcs = lambda inst: [p["metadata"]["name"] for p in cluster.get_json(
         "pvc", "-n", ns, "-l", f"app.kubernetes.io/instance={inst}")["items"]]
     assert pvcs("keep") and pvcs("drop"), (pvcs("keep"), pvcs("drop"))
@@ -186,6 +191,21 @@ def test_delete_collects_children_and_honours_reclaim_policy(cluster, namespace)
     assert pvcs("keep") == kept, "the Keep KVCache's PVCs were deleted"
     log(f"ok: children collected in {time.monotonic() - t0:.1f}s; PVC {kept} kept, "
         f"the Delete policy's PVC deleted")
+
+    # Created again over the kept volumes with another shard count: an even 3-way split pushed
+    # over the 2-shard layout would strand the keys of every slot that changed hands.
+    doc = sample(shards=3, replicasPerShard=0, storage={"reclaimPolicy": "Keep"})
+    doc["metadata"]["name"] = "keep"
+    apply(cluster, ns, doc)
+    wait_converged(cluster, ns, "keep", timeout=300,
+                   check=lambda k: len(k["status"]["shards"]) == 3
+                   and "resharding" not in k["status"])
+    cache = Cache(service_ip(cluster, ns, "keep"))
+    assert checksum(cache, keys) == digest, "keys lost when the KVCache was created again"
+    events = {e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]}
+    assert {"LayoutRecovered", "ReshardCompleted"} <= events, sorted(events)
+    log("ok: created again with 3 shards, the kept 2-shard layout adopted and resharded; "
+        f"{len(keys)} keys intact")
 
 
 def write_keys(cache, n, prefix="k", size=64):
