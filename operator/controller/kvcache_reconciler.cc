@@ -740,6 +740,9 @@ void KVCacheReconciler::StepRollout(Pass& pass) {
   Status s = kube_.Delete(kinds::kPod, pass.ns, victim);
   metrics_.Write("delete");
   if (!s.ok() && s.code() != StatusCode::kNotFound) {
+    // Shown in status too: a missing RBAC grant would otherwise stall the roll silently.
+    pass.Degrade("PodRestartFailed", "deleting " + victim + " for the new pod template: " +
+                                         s.ToString());
     pass.error = s;
     return;
   }

@@ -41,10 +41,11 @@ change them here and only here.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "patch", "delete"]
-# Readiness and addresses of the cache pods (failover, rolling upgrades).
+# Readiness and addresses of the cache pods (failover); the rolling upgrade deletes one pod at
+# a time (the StatefulSets use OnDelete).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "delete"]
 # Events for every significant action.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
