@@ -123,6 +123,8 @@ Json DesiredConfigMap(const KVCacheSpec& spec) {
                {"KVCACHE_EVICTION", spec.memory.eviction},
                {"KVCACHE_REPLICATION", spec.replication.sync ? "sync" : "async"},
                {"KVCACHE_MIN_ACKS", std::to_string(spec.replication.min_acks)},
+               {"KVCACHE_MIGRATION_MAX_KEYS_PER_SECOND",
+                std::to_string(spec.resharding.max_keys_per_second)},
                {"KVCACHE_SNAPSHOT_ON_SHUTDOWN", "true"},
                {"KVCACHE_LOG_FORMAT", "json"}};
   return {{"apiVersion", "v1"},

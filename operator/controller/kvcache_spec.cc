@@ -174,6 +174,8 @@ StatusOr<KVCacheSpec> ParseKVCacheSpec(const Json& object) {
 
   r.Bool({"spec", "failover", "enabled"}, &spec.failover.enabled);
   r.Int({"spec", "failover", "timeoutSeconds"}, 1, 3600, &spec.failover.timeout_seconds);
+  r.Int({"spec", "resharding", "maxKeysPerSecond"}, 0, 100000000,
+        &spec.resharding.max_keys_per_second);
 
   r.String({"spec", "pod", "antiAffinity"}, &spec.pod.anti_affinity,
            {"Preferred", "Required", "None"});

@@ -107,6 +107,9 @@ struct KVCacheSpec {
     bool enabled = true;
     int timeout_seconds = 15;
   } failover;
+  struct Resharding {
+    int64_t max_keys_per_second = 0;  // per moving source; 0 = unthrottled
+  } resharding;
   struct Pod {
     std::string anti_affinity = "Preferred";  // Preferred | Required | None
     Json affinity;                            // null = built-in

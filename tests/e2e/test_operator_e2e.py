@@ -268,7 +268,9 @@ def test_scale_shards_keeps_every_key(cluster, namespace):
     """spec.shards 3 -> 4 -> 2 moves slots while the checksum of every key stays the same,
     the listing stays exact and every shard owns keys."""
     ns = namespace
-    apply(cluster, ns, sample(replicasPerShard=0))
+    # 500 keys/s per moving source: the 4 -> 2 reshard (1500 keys) lasts seconds, long enough
+    # to delete the operator pod in the middle of it.
+    apply(cluster, ns, sample(replicasPerShard=0, resharding={"maxKeysPerSecond": 500}))
     wait_converged(cluster, ns)
     cache = Cache(service_ip(cluster, ns))
     n = 3000
@@ -284,9 +286,10 @@ def test_scale_shards_keeps_every_key(cluster, namespace):
         selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
         pods = cluster.get_json("pods", "-n", OPERATOR_NS, "-l", selector)["items"]
         names = [p["metadata"]["name"] for p in pods]
-        r = get_kvc(cluster, ns)["status"]["resharding"]
+        r = get_kvc(cluster, ns)["status"].get("resharding") or {}
         log(f"deleting the operator pod {names} at move {r.get('completedMoves')}/"
-            f"{r.get('totalMoves')}")
+            f"{r.get('totalMoves')} ({r.get('current', {}).get('keysMoved')} keys of the "
+            "current move)")
         cluster.kubectl("delete", "pod", "-n", OPERATOR_NS, *names, "--wait=false")
     scale(cluster, ns, 2, n, cache, digest, keys, mid_reshard=delete_operator_pod)
     events = {e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]}

@@ -154,7 +154,9 @@ TEST(Children, ConfigMapCarriesTheNodeSettingsAsEnv) {
   spec.memory.limit = "1Gi";
   spec.memory.eviction = "lfu";
   spec.persistence.fsync = "always";
+  spec.resharding.max_keys_per_second = 5000;
   Json data = DesiredConfigMap(spec)["data"];
+  EXPECT_EQ(data["KVCACHE_MIGRATION_MAX_KEYS_PER_SECOND"], "5000");
   EXPECT_EQ(data["KVCACHE_MAX_MEMORY"], "1Gi");
   EXPECT_EQ(data["KVCACHE_EVICTION"], "lfu");
   EXPECT_EQ(data["KVCACHE_FSYNC"], "always");

@@ -48,6 +48,7 @@ TEST(KVCacheSpec, ReadsEveryField) {
                    {"service", {{"type", "NodePort"}, {"nodePort", 30080}, {"annotations", {{"a", "b"}}}}},
                    {"ingress", {{"enabled", true}, {"host", "cache.example"}}},
                    {"failover", {{"timeoutSeconds", 30}}},
+                   {"resharding", {{"maxKeysPerSecond", 2000}}},
                    {"pod", {{"antiAffinity", "Required"}, {"nodeSelector", {{"disk", "ssd"}}}}},
                    {"monitoring", {{"serviceMonitor", {{"enabled", true}}}}}});
   o["metadata"]["annotations"] = {{"kvcache.io/pause-reconcile", "true"}};
@@ -57,6 +58,7 @@ TEST(KVCacheSpec, ReadsEveryField) {
   EXPECT_EQ(spec->shards, 5);
   EXPECT_EQ(spec->NodesPerShard(), 3);
   EXPECT_EQ(spec->image, "reg/kvcache-node:2");
+  EXPECT_EQ(spec->resharding.max_keys_per_second, 2000);
   EXPECT_EQ(spec->storage.storage_class, "fast");
   EXPECT_TRUE(spec->storage.delete_on_removal);
   EXPECT_EQ(spec->persistence.snapshot_interval_seconds, 60);
