@@ -323,6 +323,21 @@ class Writer(threading.Thread):
                 self.refused += 1
                 time.sleep(0.05)
 
+    def finish_and_check(self, host):
+        """Stops writing, logs the counts, and reads every acknowledged write back through
+        host; fails naming the lost ones."""
+        self.stop.set()
+        self.join(timeout=30)
+        log(f"writer: {len(self.acked)} acknowledged, {self.refused} refused (503), "
+            f"{self.errors} connection errors")
+        cache = Cache(host)
+        lost = []
+        for key, value in self.acked.items():
+            status, body = cache.get_retrying(key)
+            if (status, body) != (200, value):
+                lost.append((key, status, body[:40]))
+        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+
 
 def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(cluster, namespace):
     """replication sync, 2 shards x 1 replica; a writer runs throughout. The primary of shard
@@ -361,20 +376,10 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(cluster, 
     kvc, _ = wait_converged(cluster, ns, timeout=180,
                             check=lambda k: k["status"].get("readyNodes") == 4)
     assert old in kvc["status"]["shards"][0]["replicas"], kvc["status"]["shards"]
-    writer.stop.set()
-    writer.join(timeout=30)
     log(f"FIGURE failover after a primary SIGKILL (sync, timeoutSeconds 3): new primary in "
         f"status {t_promoted:.1f}s after the kill that kept it down "
         f"({t_promoted_first:.1f}s after the first kill)")
-    log(f"writer: {len(writer.acked)} acknowledged, {writer.refused} refused (503), "
-        f"{writer.errors} connection errors")
-    cache = Cache(service_ip(cluster, ns))
-    lost = []
-    for key, value in writer.acked.items():
-        status, body = cache.get_retrying(key)
-        if (status, body) != (200, value):
-            lost.append((key, status, body[:40]))
-    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    writer.finish_and_check(service_ip(cluster, ns))
     events = [e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]]
     assert "PrimaryFailedOver" in events, sorted(set(events))
 
@@ -462,23 +467,13 @@ def test_node_lost_fails_over_without_losing_acknowledged_writes(cluster, namesp
     await_condition(f"Node {lost} Ready", lambda: node_ready(cluster, lost), timeout=90)
     kvc, _ = wait_converged(cluster, ns, timeout=240,
                             check=lambda k: k["status"].get("readyNodes") == 4)
-    writer.stop.set()
-    writer.join(timeout=30)
     for s in kvc["status"]["shards"]:
         if s["id"] in moved:
             assert moved[s["id"]] in s["replicas"], f"old primary not a replica: {s}"
     log(f"FIGURE failover after a node loss (sync, timeoutSeconds 3, node grace 20 s): Node "
         f"NotReady {t_not_ready:.1f}s, new primaries in status {t_failed_over:.1f}s after the "
         f"agent stopped")
-    log(f"writer: {len(writer.acked)} acknowledged, {writer.refused} refused (503), "
-        f"{writer.errors} connection errors")
-    cache = Cache(service_ip(cluster, ns))
-    missing = []
-    for key, value in writer.acked.items():
-        status, body = cache.get_retrying(key)
-        if (status, body) != (200, value):
-            missing.append((key, status, body[:40]))
-    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
+    writer.finish_and_check(service_ip(cluster, ns))
     assert get_kvc(cluster, ns)["status"]["phase"] == "Running"
 
 
