@@ -982,11 +982,12 @@ void KVCacheReconciler::StepTopology(Pass& pass) {
   topology.epoch = pass.epoch;
 
   int pushed = 0;
+  bool answering_behind = false;  // a node that answers has not got the epoch
   for (const auto& [name, pod] : pass.pods) {
     if (!pod.running) continue;
     auto node = pass.nodes.find(name);
     if (node == pass.nodes.end()) {
-      pass.topology_behind = true;  // running but not answering yet
+      pass.topology_behind = true;  // running but not answering (yet, or its node is lost)
       continue;
     }
     if (node->second.epoch >= pass.epoch) continue;
@@ -997,6 +998,7 @@ void KVCacheReconciler::StepTopology(Pass& pass) {
       node->second.epoch = std::max(node->second.epoch, pass.epoch);
     } else {
       pass.topology_behind = true;
+      answering_behind = true;
     }
   }
   if (pushed > 0) metrics_.TopologyPushed();
@@ -1005,9 +1007,12 @@ void KVCacheReconciler::StepTopology(Pass& pass) {
                                              std::to_string(pass.epoch));
     pass.Requeue(options_.progress_interval);
   }
-  if (pass.failover.is_object() && !pass.topology_behind &&
+  // Done once every node that answers has the topology naming the new primary. A node that
+  // does not answer (the old primary's lost Kubernetes node) gets it when it is back; waiting
+  // for it would hold the KVCache in FailingOver for as long as the node is lost.
+  if (pass.failover.is_object() && !answering_behind &&
       pass.failover.value("epoch", uint64_t{0}) <= pass.epoch) {
-    pass.failover = nullptr;  // every node has the topology naming the new primary
+    pass.failover = nullptr;
   }
 }
 

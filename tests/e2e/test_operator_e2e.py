@@ -408,15 +408,18 @@ def node_ready(cluster, node):
 
 
 def test_node_lost_fails_over_without_losing_acknowledged_writes(cluster, namespace):
-    """replication sync, 2 shards x 1 replica, a writer throughout. The node agent running a
-    primary (not the operator) stops as if the machine were lost (`localk8s stop-node`: its pods'
+    """replication sync (minAcks 1), 2 shards x 2 replicas (a pod of each shard on each of the
+    3 nodes), a writer throughout. The node agent running a primary (not the operator) stops
+    as if the machine were lost (`localk8s stop-node`: its pods'
     processes end, heartbeats stop): the Node goes NotReady, its pods unready, and every shard
     whose primary ran there fails over to its replica on another node; writes go on. The node
     comes back, the old primaries rejoin as replicas, every acknowledged write reads back."""
     ns = namespace
-    apply(cluster, ns, sample(shards=2, replication={"mode": "sync"},
+    # Two replicas: a promoted primary keeps one replica while the lost node is away, so sync
+    # writes (minAcks 1) go on; with one replica they would wait for the node to come back.
+    apply(cluster, ns, sample(shards=2, replicasPerShard=2, replication={"mode": "sync"},
                               failover={"timeoutSeconds": 3}))
-    kvc, _ = wait_converged(cluster, ns, check=lambda k: k["status"].get("readyNodes") == 4)
+    kvc, _ = wait_converged(cluster, ns, check=lambda k: k["status"].get("readyNodes") == 6)
     pods = {p["metadata"]["name"]: p["spec"]["nodeName"]
             for p in cluster.get_json("pods", "-n", ns)["items"]}
     # Lose a node with a primary but not the operator (one operator replica here: a lost
@@ -459,6 +462,10 @@ def test_node_lost_fails_over_without_losing_acknowledged_writes(cluster, namesp
         await_condition(f"shards {sorted(moved)} failed over", failed_over, timeout=90,
                         progress=lambda: summary(get_kvc(cluster, ns)))
         t_failed_over = time.monotonic() - t0
+        # The failover is over once every node that answers has the new topology, not when
+        # the lost node's pods answer again.
+        await_condition("status.failover cleared while the node is lost",
+                        lambda: "failover" not in get_kvc(cluster, ns)["status"], timeout=30)
         acked = len(writer.acked)
         await_condition("writes acknowledged after the failover",
                         lambda: len(writer.acked) >= acked + 200, timeout=60)
@@ -466,7 +473,7 @@ def test_node_lost_fails_over_without_losing_acknowledged_writes(cluster, namesp
         log(cluster.fault("start-node", lost))
     await_condition(f"Node {lost} Ready", lambda: node_ready(cluster, lost), timeout=90)
     kvc, _ = wait_converged(cluster, ns, timeout=240,
-                            check=lambda k: k["status"].get("readyNodes") == 4)
+                            check=lambda k: k["status"].get("readyNodes") == 6)
     for s in kvc["status"]["shards"]:
         if s["id"] in moved:
             assert moved[s["id"]] in s["replicas"], f"old primary not a replica: {s}"
