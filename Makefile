@@ -112,7 +112,7 @@ localk8s-up: localk8s ## Run localk8s in the foreground (Ctrl-C stops it and cle
 localk8s-down: ## Clean up after a crashed localk8s
 	$(BUILD_DIR)/bin/localk8s down --state-dir $(LOCALK8S_DIR)
 
-test-e2e-long: build ## The long end-to-end run of every day-2 operation (root; known failing, see tests/e2e)
+test-e2e-long: build ## The long end-to-end run of every day-2 operation (root; about 8 min)
 	cd $(BUILD_DIR) && ctest --output-on-failure -L '^e2e-long$$'
 
 images: ## Build the node and operator images (buildah on a debootstrapped bookworm base; root)
