@@ -4,14 +4,18 @@ the host. One cluster for the session (conftest.py); each test has its own names
 KVCache.
 """
 
+import datetime
 import http.client
+import json
 import threading
 import time
 
 import pytest
 import yaml
 
-from e2elib import SAMPLE, Cache, await_condition, checksum, is_available, log, summary
+import rbac_audit
+from e2elib import (OPERATOR_NS, ROOT, SAMPLE, Cache, await_condition, checksum, conditions,
+                    is_available, log, summary)
 
 
 def sample(**spec):
@@ -120,7 +124,8 @@ def children_versions(cluster, ns, name="demo"):
 def test_converged_reconciles_make_zero_writes(cluster, namespace):
     """After convergence, the periodic reconciles (resync 10 s) and reconciles triggered by an
     unrelated change of the KVCache (an annotation) write nothing: no child, no status and no
-    Event changes over 30 s."""
+    Event changes over 30 s, and the apiserver's audit log shows no write request of the
+    operator at all over that window except its leader-election Lease renewals."""
     ns = namespace
     apply(cluster, ns, sample(shards=2, replicasPerShard=0))
     wait_converged(cluster, ns)
@@ -134,6 +139,7 @@ def test_converged_reconciles_make_zero_writes(cluster, namespace):
     reconciles = lambda: sum(v for k, v in cluster.operator_metrics().items()
                              if k.startswith("kvcache_operator_reconcile_total"))
     r0 = reconciles()
+    window_start = datetime.datetime.now(datetime.timezone.utc)
     t_end = time.monotonic() + 30
     bumps = 0
     while time.monotonic() < t_end:
@@ -144,14 +150,33 @@ def test_converged_reconciles_make_zero_writes(cluster, namespace):
         kvc = get_kvc(cluster, ns)
         assert kvc["metadata"]["resourceVersion"] == rv_after_touch, \
             f"the KVCache was written after the annotation: {summary(kvc)}"
+    window_end = datetime.datetime.now(datetime.timezone.utc)
     after = children_versions(cluster, ns)
     r1 = reconciles()
     assert after == before, f"children written after convergence: " \
         f"{ {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v} }"
     assert len(cluster.get_json("events", "-n", ns)["items"]) == events_before
     assert r1 - r0 >= 3, f"only {r1 - r0} reconciles in 30 s"
+    # Every request the operator made in the window, in any namespace. A line is written when
+    # its request ends: wait until the log shows one received after the window (the Lease is
+    # renewed every 2 s).
+    requests = await_condition(
+        "the audit log past the window",
+        lambda: (lambda rs: rs if rs and rs[-1].received >= window_end else None)(
+            cluster.operator_requests()), timeout=30)
+    in_window = [r for r in requests if window_start <= r.received < window_end]
+    # Excluded: the leader-election Lease in the operator's namespace (a GET and a PUT every
+    # 2 s while it leads: the protocol, not reconciling).
+    lease = lambda r: (r.group, r.resource, r.namespace) == ("coordination.k8s.io", "leases",
+                                                            OPERATOR_NS)
+    writes = rbac_audit.writes(requests, window_start, window_end, exclude=lease)
+    assert not writes, "the operator wrote after convergence:\n" + "\n".join(
+        f"{r.received:%H:%M:%S.%f} {r.verb} {r.uri} -> {r.code}" for r in writes)
+    renewals = sum(1 for r in in_window if lease(r) and r.verb in rbac_audit.WRITE_VERBS)
     log(f"ok: {r1 - r0:.0f} reconciles in 30 s (3 triggered by annotations) made 0 writes to "
-        f"{len(before)} children, the KVCache status or Events")
+        f"{len(before)} children, the KVCache status or Events; audit log: "
+        f"{len(in_window)} requests of the operator in the window, 0 writes besides "
+        f"{renewals} Lease renewals")
 
 
 def test_delete_collects_children_and_honours_reclaim_policy(cluster, namespace):
@@ -332,6 +357,97 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(cluster, 
     assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
     events = [e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]]
     assert "PrimaryFailedOver" in events, sorted(set(events))
+
+
+def test_invalid_spec_is_one_event_series(cluster, namespace):
+    """A spec the operator cannot use (ingress enabled without a host, which the schema lets
+    through) is never half-applied: Degraded/InvalidSpec and no child. Its repeated reconciles
+    record one Event whose series counts the repeats, not an Event each."""
+    ns = namespace
+    apply(cluster, ns, sample(shards=1, replicasPerShard=0, ingress={"enabled": True}))
+
+    def degraded():
+        c = conditions(get_kvc(cluster, ns) or {}).get("Degraded")
+        return c if c and c["status"] == "True" and c.get("reason") == "InvalidSpec" else None
+    cond = await_condition("Degraded/InvalidSpec", degraded, timeout=60)
+    assert "host" in cond["message"], cond
+    invalid_events = lambda: [e for e in cluster.get_json("events.events.k8s.io", "-n", ns)[
+        "items"] if e["reason"] == "InvalidSpec"]
+    await_condition("an InvalidSpec Event", invalid_events, timeout=30)
+    # Every annotation is another reconcile repeating the Event; the first repeat is written
+    # at once (series.count 2).
+    bumps = 0
+
+    def counted():
+        nonlocal bumps
+        bumps += 1
+        cluster.kubectl("annotate", "kvc", "demo", "-n", ns, f"e2e/touch={bumps}", "--overwrite")
+        return any((e.get("series") or {}).get("count", 1) >= 2 for e in invalid_events())
+    await_condition("the InvalidSpec Event counted as a series", counted, timeout=30, interval=1)
+    events = invalid_events()
+    assert len(events) == 1, [(e["metadata"]["name"], e.get("series")) for e in events]
+    for kind in ("statefulsets", "services", "secrets", "configmaps"):
+        made = [i["metadata"]["name"] for i in cluster.get_json(kind, "-n", ns)["items"]
+                if i["metadata"].get("ownerReferences")]
+        assert not made, f"{kind} made from an invalid spec: {made}"
+    log(f"ok: one InvalidSpec Event, series count {events[0]['series']['count']} after "
+        f"{bumps} annotations; no child made")
+
+
+def test_optional_children_and_day2_changes(cluster, namespace):
+    """Optional children follow the spec both ways and day-2 changes land in place: with the
+    prometheus-operator CRDs installed, an Ingress, a ServiceMonitor, a PrometheusRule and the
+    PDB are made; then the Ingress and the PDB switched off are deleted, a larger storage.size
+    grows the claim, and a new memory limit (a new pod template) makes the operator restart
+    the pod (the StatefulSets are OnDelete)."""
+    ns = namespace
+    # Cluster-wide and left installed: the session's cluster goes away with them.
+    for crd in sorted((ROOT / "tests" / "chart" / "crds").glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "-f", crd)
+    cluster.kubectl("wait", "--for=condition=established", "--timeout=60s",
+                    "crd/servicemonitors.monitoring.coreos.com",
+                    "crd/prometheusrules.monitoring.coreos.com")
+    apply(cluster, ns, sample(shards=1, replicasPerShard=0,
+                              ingress={"enabled": True, "host": "cache.e2e.test"},
+                              monitoring={"serviceMonitor": {"enabled": True},
+                                          "prometheusRule": {"enabled": True}}))
+    t0 = time.monotonic()
+    wait_converged(cluster, ns)
+    exists = lambda kind, name: cluster.get_json(kind, "-n", ns, name, check=False) is not None
+    for kind, name in (("ingresses", "demo"), ("servicemonitors", "demo"),
+                       ("prometheusrules", "demo"), ("poddisruptionbudgets", "demo-0")):
+        assert exists(kind, name), f"{kind}/{name} not made"
+    pod_uid = cluster.get_json("pod", "-n", ns, "demo-0-0")["metadata"]["uid"]
+
+    cluster.kubectl("patch", "kvc", "demo", "-n", ns, "--type=merge", "-p", json.dumps(
+        {"spec": {"ingress": {"enabled": False}, "podDisruptionBudget": {"enabled": False},
+                  "storage": {"size": "2Gi"}, "memory": {"limit": "128Mi"}}}))
+
+    def pending():
+        """What is not done yet (empty when everything is)."""
+        left = [f"{kind}/{name}" for kind, name in (("ingresses", "demo"),
+                                                     ("poddisruptionbudgets", "demo-0"))
+                if exists(kind, name)]
+        claims = cluster.get_json("pvc", "-n", ns, "-l", "app.kubernetes.io/instance=demo")
+        left += [f"pvc/{c['metadata']['name']} {c['spec']['resources']['requests']['storage']}"
+                 for c in claims["items"]
+                 if c["spec"]["resources"]["requests"]["storage"] != "2Gi"]
+        pod = cluster.get_json("pod", "-n", ns, "demo-0-0", check=False)
+        revision = cluster.get_json("sts", "-n", ns, "demo-0")["status"].get("updateRevision")
+        if (not pod or pod["metadata"]["uid"] == pod_uid
+                or pod["metadata"]["labels"].get("controller-revision-hash") != revision):
+            left.append("pod demo-0-0 not restarted with the new template")
+        return left
+    wait_converged(cluster, ns, timeout=240, check=lambda k: not pending())
+    claims = cluster.get_json("pvc", "-n", ns, "-l", "app.kubernetes.io/instance=demo")["items"]
+    assert claims and all(c["status"]["capacity"]["storage"] == "2Gi" for c in claims), \
+        [c["status"].get("capacity") for c in claims]
+    for kind, name in (("servicemonitors", "demo"), ("prometheusrules", "demo")):
+        assert exists(kind, name), f"{kind}/{name} gone"
+    reasons = {e["reason"] for e in cluster.get_json("events.events.k8s.io", "-n", ns)["items"]}
+    assert {"Deleted", "VolumeExpanded", "PodRestarted"} <= reasons, sorted(reasons)
+    log(f"ok: optional children made and removed, claim grown to 2Gi, pod rolled: "
+        f"{time.monotonic() - t0:.1f}s from apply")
 
 
 @pytest.mark.slow
