@@ -30,6 +30,7 @@ class Request:
     decision: str     # the authorizer's: "allow" or "forbid"
     received: datetime.datetime
     uri: str
+    message: str = ""  # the error's, when it failed
 
     def key(self):
         return (self.group, self.resource, self.verb)
@@ -60,12 +61,14 @@ def read_requests(log_dir, username):
         resource = ref.get("resource", "")
         if ref.get("subresource"):
             resource += "/" + ref["subresource"]
-        code = e.get("responseStatus", {}).get("code", 0) if e["stage"] == "ResponseComplete" else 0
+        status = e.get("responseStatus", {}) if e["stage"] == "ResponseComplete" else {}
+        code = status.get("code", 0)
         out.append(Request(
             verb=e["verb"], group=ref.get("apiGroup", ""), resource=resource,
             namespace=ref.get("namespace", ""), name=ref.get("name", ""), code=code,
             decision=e.get("annotations", {}).get("authorization.k8s.io/decision", ""),
-            received=parse_time(e["requestReceivedTimestamp"]), uri=e.get("requestURI", "")))
+            received=parse_time(e["requestReceivedTimestamp"]), uri=e.get("requestURI", ""),
+            message=status.get("message", "")))
     return sorted(out, key=lambda r: r.received)
 
 
@@ -135,15 +138,21 @@ def grants_from_manifest(manifest, sa_namespace, sa_name):
     return out
 
 
+# NamespaceLifecycle's refusal of new objects in a namespace being deleted: a write racing the
+# namespace's deletion, not a missing permission.
+TERMINATING = "because it is being terminated"
+
+
 @dataclasses.dataclass
 class Verdict:
     unused: list          # Grant never used by an allowed request
     forbidden: dict       # (group, resource, verb) -> [Request] the authorizer refused
     ungranted: dict       # (group, resource, verb) -> [Request] allowed, but not by these grants
     refused_later: dict   # (group, resource, verb) -> [Request]: allowed, then 403 (admission)
+    terminating: dict     # (group, resource, verb) -> [Request]: 403, namespace being deleted
 
     def ok(self):
-        return not (self.unused or self.forbidden or self.ungranted)
+        return not (self.unused or self.forbidden or self.ungranted or self.refused_later)
 
     def report(self):
         lines = []
@@ -154,10 +163,13 @@ class Verdict:
         for title, table in (("used but not granted (403 forbid)", self.forbidden),
                              ("used, allowed by something other than the chart", self.ungranted),
                              ("allowed by RBAC, then refused (403) by admission",
-                              self.refused_later)):
+                              self.refused_later),
+                             ("not counted: created in a namespace being deleted (403)",
+                              self.terminating)):
             for k in sorted(table):
                 r = table[k][0]
-                lines.append(f"{title}: {fmt(k)} x{len(table[k])}, e.g. {r.uri}")
+                why = f" ({r.code}: {r.message[:300]})" if r.message else ""
+                lines.append(f"{title}: {fmt(k)} x{len(table[k])}, e.g. {r.uri}{why}")
         return "\n".join(lines)
 
 
@@ -165,20 +177,21 @@ def compare(requests, grants, exempt_unused=()):
     """Which grants no request used, and which requests no grant covered. exempt_unused:
     (group, resource, verb) granted for a check the audit log cannot show."""
     used = set()
-    forbidden, ungranted, refused_later = {}, {}, {}
+    forbidden, ungranted, refused_later, terminating = {}, {}, {}, {}
     for req in requests:
         if req.decision == "forbid":
             forbidden.setdefault(req.key(), []).append(req)
             continue
         if req.code == 403:
-            refused_later.setdefault(req.key(), []).append(req)
+            table = terminating if TERMINATING in req.message else refused_later
+            table.setdefault(req.key(), []).append(req)
         for verb in authorized_verbs(req):
             matched = [i for i, g in enumerate(grants) if g.allows(req, verb)]
             if not matched:
                 ungranted.setdefault((req.group, req.resource, verb), []).append(req)
             used.update(matched)
     unused = [g for i, g in enumerate(grants) if i not in used and g.key() not in exempt_unused]
-    return Verdict(unused, forbidden, ungranted, refused_later)
+    return Verdict(unused, forbidden, ungranted, refused_later, terminating)
 
 
 def writes(requests, since, until, exclude=lambda r: False):

@@ -56,9 +56,11 @@ subjects: [{kind: ServiceAccount, name: other, namespace: ops}]
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
 
-def req(verb, group, resource, namespace="", name="", code=200, decision="allow", second=0):
+def req(verb, group, resource, namespace="", name="", code=200, decision="allow", second=0,
+        message=""):
     return rbac_audit.Request(verb, group, resource, namespace, name, code, decision,
-                              T0 + datetime.timedelta(seconds=second), f"/{verb}/{resource}")
+                              T0 + datetime.timedelta(seconds=second), f"/{verb}/{resource}",
+                              message)
 
 
 def grants():
@@ -99,6 +101,9 @@ def test_unused_refused_and_ungranted_are_reported():
         req("get", "coordination.k8s.io", "leases", "other", "l"),
         req("get", "apiextensions.k8s.io", "customresourcedefinitions", "", "b.example.com"),
         req("patch", "", "pods", "x", "p", code=403),              # allowed, refused by admission
+        req("create", "", "pods", "x", "p", code=403,
+            message='pods "p" is forbidden: unable to create new content in namespace x '
+                    'because it is being terminated'),
     ]
     verdict = rbac_audit.compare(requests, grants(),
                                  exempt_unused={("", "pods", "delete")})
@@ -113,11 +118,13 @@ def test_unused_refused_and_ungranted_are_reported():
     assert set(verdict.ungranted) == {
         ("coordination.k8s.io", "leases", "get"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
-        ("", "pods", "patch")}
+        ("", "pods", "patch"), ("", "pods", "create")}
     assert set(verdict.refused_later) == {("", "pods", "patch")}
+    assert set(verdict.terminating) == {("", "pods", "create")}
     report = verdict.report()
     assert "granted but never used: ClusterRole/op: core pods watch" in report
     assert "used but not granted (403 forbid): core secrets get x1" in report
+    assert "not counted: created in a namespace being deleted (403): core pods create" in report
 
 
 def test_create_is_never_matched_by_resource_names():
