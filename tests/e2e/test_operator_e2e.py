@@ -52,44 +52,6 @@ def service_ip(cluster, ns, name="demo"):
     return cluster.get_json("svc", "-n", ns, name)["spec"]["clusterIP"]
 
 
-def test_create_available_put_get_list(cluster, namespace):
-    """The sample (3 shards x 1 replica) -> Available; keys through the ClusterIP land on
-    every shard, read back, and the cluster-wide listing returns exactly them."""
-    ns = namespace
-    t0 = time.monotonic()
-    apply(cluster, ns, sample())
-    wait_available(cluster, ns)
-    log(f"FIGURE apply -> Available (3 shards x 1 replica): {time.monotonic() - t0:.1f}s")
-    # Available means every shard's primary serves; replicas may still be syncing.
-    kvc, _ = wait_converged(cluster, ns, check=lambda k: k["status"].get("readyNodes") == 6)
-    log(f"FIGURE apply -> Running with 6/6 nodes ready: {time.monotonic() - t0:.1f}s")
-    st = kvc["status"]
-    assert st["phase"] == "Running", summary(kvc)
-    assert st["readyNodes"] == 6, summary(kvc)
-    assert len(st["shards"]) == 3
-    assert all(len(s["replicas"]) == 1 for s in st["shards"]), st["shards"]
-    assert cluster.get_json("sts", "-n", ns, "-l", "app.kubernetes.io/instance=demo")["items"]
-
-    cache = Cache(service_ip(cluster, ns))
-    keys = {f"user:{i}": f"value-{i}-" + "x" * (i % 50) for i in range(300)}
-    owners = set()
-    for key, value in keys.items():
-        status, body, resp = cache.put(key, value.encode())
-        assert status in (200, 201), f"PUT {key} -> {status} {body[:200]!r}"
-        owners.add(resp.getheader("X-KVCache-Owner"))
-    primaries = {s["primary"] for s in st["shards"]}
-    assert owners == primaries, f"writes owned by {owners}, primaries {primaries}"
-    for key, value in keys.items():
-        status, body, _ = cache.get(key)
-        assert (status, body) == (200, value.encode()), f"GET {key} -> {status} {body[:100]!r}"
-    assert sorted(cache.list_keys()) == sorted(keys)
-    assert sorted(cache.list_keys(prefix="user:1")) == sorted(k for k in keys
-                                                               if k.startswith("user:1"))
-    status, _, _ = cache.get("absent-key")
-    assert status == 404
-    log(f"ok: {len(keys)} keys through {cache.host}:8080 on {len(owners)} shards; listing exact")
-
-
 def wait_converged(cluster, ns, name="demo", timeout=300, check=None, watch=None):
     """Waits until the KVCache is Running, Available and not Progressing at its current
     generation (and check(kvc) holds, when given; watch(kvc) sees every poll and may skip or
@@ -131,7 +93,8 @@ def test_converged_reconciles_make_zero_writes(cluster, namespace):
     wait_converged(cluster, ns)
     # The window must hold this KVCache only: the namespaces of earlier tests (deleted without
     # waiting) gone, with their KVCaches (the operator re-applies the children a namespace's
-    # deletion removes until its KVCache goes too).
+    # deletion removes until its KVCache goes too). First in the file, so it normally has none
+    # to wait for (about 10 s otherwise).
     await_condition("earlier tests' namespaces deleted", lambda: not [
         n["metadata"]["name"] for n in cluster.get_json("namespaces")["items"]
         if n["metadata"]["name"].startswith("e2e-") and n["metadata"]["name"] != ns],
@@ -185,6 +148,44 @@ def test_converged_reconciles_make_zero_writes(cluster, namespace):
         f"{len(before)} children, the KVCache status or Events; audit log: "
         f"{len(in_window)} requests of the operator in the window, 0 writes besides "
         f"{renewals} Lease renewals")
+
+
+def test_create_available_put_get_list(cluster, namespace):
+    """The sample (3 shards x 1 replica) -> Available; keys through the ClusterIP land on
+    every shard, read back, and the cluster-wide listing returns exactly them."""
+    ns = namespace
+    t0 = time.monotonic()
+    apply(cluster, ns, sample())
+    wait_available(cluster, ns)
+    log(f"FIGURE apply -> Available (3 shards x 1 replica): {time.monotonic() - t0:.1f}s")
+    # Available means every shard's primary serves; replicas may still be syncing.
+    kvc, _ = wait_converged(cluster, ns, check=lambda k: k["status"].get("readyNodes") == 6)
+    log(f"FIGURE apply -> Running with 6/6 nodes ready: {time.monotonic() - t0:.1f}s")
+    st = kvc["status"]
+    assert st["phase"] == "Running", summary(kvc)
+    assert st["readyNodes"] == 6, summary(kvc)
+    assert len(st["shards"]) == 3
+    assert all(len(s["replicas"]) == 1 for s in st["shards"]), st["shards"]
+    assert cluster.get_json("sts", "-n", ns, "-l", "app.kubernetes.io/instance=demo")["items"]
+
+    cache = Cache(service_ip(cluster, ns))
+    keys = {f"user:{i}": f"value-{i}-" + "x" * (i % 50) for i in range(300)}
+    owners = set()
+    for key, value in keys.items():
+        status, body, resp = cache.put(key, value.encode())
+        assert status in (200, 201), f"PUT {key} -> {status} {body[:200]!r}"
+        owners.add(resp.getheader("X-KVCache-Owner"))
+    primaries = {s["primary"] for s in st["shards"]}
+    assert owners == primaries, f"writes owned by {owners}, primaries {primaries}"
+    for key, value in keys.items():
+        status, body, _ = cache.get(key)
+        assert (status, body) == (200, value.encode()), f"GET {key} -> {status} {body[:100]!r}"
+    assert sorted(cache.list_keys()) == sorted(keys)
+    assert sorted(cache.list_keys(prefix="user:1")) == sorted(k for k in keys
+                                                               if k.startswith("user:1"))
+    status, _, _ = cache.get("absent-key")
+    assert status == 404
+    log(f"ok: {len(keys)} keys through {cache.host}:8080 on {len(owners)} shards; listing exact")
 
 
 def test_delete_collects_children_and_honours_reclaim_policy(cluster, namespace):
@@ -367,35 +368,13 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(cluster, 
     assert "PrimaryFailedOver" in events, sorted(set(events))
 
 
-def test_deleted_child_comes_back_as_one_event_series(cluster, namespace):
-    """A child deleted by hand (the ConfigMap) is made again at once (the operator watches
-    ConfigMaps), and the repeated "Created ConfigMap" Event is one events.k8s.io Event whose
-    series counts it, not a second Event."""
-    ns = namespace
-    apply(cluster, ns, sample(shards=1, replicasPerShard=0))
-    wait_converged(cluster, ns)
-    created = lambda: [e for e in cluster.get_json("events.events.k8s.io", "-n", ns)["items"]
-                       if e["reason"] == "Created" and "ConfigMap demo-config" in e["note"]]
-    assert len(created()) == 1, created()
-    uid = cluster.get_json("configmap", "-n", ns, "demo-config")["metadata"]["uid"]
-    cluster.kubectl("delete", "configmap", "-n", ns, "demo-config")
-    await_condition("demo-config made again", lambda: (lambda c: c and c["metadata"]["uid"] != uid)(
-        cluster.get_json("configmap", "-n", ns, "demo-config", check=False)), timeout=30)
-    # The first repeat is written at once (series.count 2).
-    events = await_condition("the Created Event counted as a series", lambda: (
-        lambda es: es if any((e.get("series") or {}).get("count", 1) >= 2 for e in es) else None)(
-            created()), timeout=30)
-    assert len(events) == 1, [(e["metadata"]["name"], e.get("series")) for e in events]
-    log(f"ok: demo-config made again; one Created Event, series count "
-        f"{events[0]['series']['count']}")
-
-
 def test_optional_children_and_day2_changes(cluster, namespace):
     """Optional children follow the spec both ways and day-2 changes land in place: with the
     prometheus-operator CRDs installed, an Ingress, a ServiceMonitor, a PrometheusRule and the
-    PDB are made; then the Ingress and the PDB switched off are deleted, a larger storage.size
-    grows the claim, and a new memory limit (a new pod template) makes the operator restart
-    the pod (the StatefulSets are OnDelete)."""
+    PDB are made; a child deleted by hand (the ConfigMap) is made again, its second "Created"
+    Event counted in the first one's series (not a second Event); then the Ingress and the PDB
+    switched off are deleted, a larger storage.size grows the claim, and a new memory limit (a
+    new pod template) makes the operator restart the pod (the StatefulSets are OnDelete)."""
     ns = namespace
     # Cluster-wide and left installed: the session's cluster goes away with them.
     for crd in sorted((ROOT / "tests" / "chart" / "crds").glob("*.yaml")):
@@ -414,6 +393,20 @@ def test_optional_children_and_day2_changes(cluster, namespace):
                        ("prometheusrules", "demo"), ("poddisruptionbudgets", "demo-0")):
         assert exists(kind, name), f"{kind}/{name} not made"
     pod_uid = cluster.get_json("pod", "-n", ns, "demo-0-0")["metadata"]["uid"]
+
+    created = lambda: [e for e in cluster.get_json("events.events.k8s.io", "-n", ns)["items"]
+                       if e["reason"] == "Created" and "ConfigMap demo-config" in e["note"]]
+    assert len(created()) == 1, created()
+    cm_uid = cluster.get_json("configmap", "-n", ns, "demo-config")["metadata"]["uid"]
+    cluster.kubectl("delete", "configmap", "-n", ns, "demo-config")
+    await_condition("demo-config made again", lambda: (
+        lambda c: c and c["metadata"]["uid"] != cm_uid)(
+            cluster.get_json("configmap", "-n", ns, "demo-config", check=False)), timeout=30)
+    # The first repeat is written at once (series.count 2).
+    events = await_condition("the Created Event counted as a series", lambda: (
+        lambda es: es if any((e.get("series") or {}).get("count", 1) >= 2 for e in es) else None)(
+            created()), timeout=30)
+    assert len(events) == 1, [(e["metadata"]["name"], e.get("series")) for e in events]
 
     cluster.kubectl("patch", "kvc", "demo", "-n", ns, "--type=merge", "-p", json.dumps(
         {"spec": {"ingress": {"enabled": False}, "podDisruptionBudget": {"enabled": False},
@@ -442,7 +435,8 @@ def test_optional_children_and_day2_changes(cluster, namespace):
         assert exists(kind, name), f"{kind}/{name} gone"
     reasons = {e["reason"] for e in cluster.get_json("events.events.k8s.io", "-n", ns)["items"]}
     assert {"Deleted", "VolumeExpanded", "PodRestarted"} <= reasons, sorted(reasons)
-    log(f"ok: optional children made and removed, claim grown to 2Gi, pod rolled: "
+    log(f"ok: optional children made and removed, ConfigMap made again (one Created Event, "
+        f"series count {events[0]['series']['count']}), claim grown to 2Gi, pod rolled: "
         f"{time.monotonic() - t0:.1f}s from apply")
 
 
