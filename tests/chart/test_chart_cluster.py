@@ -133,7 +133,11 @@ def test_03_install():
         ("create", "statefulsets.apps", "default", "yes"),
         ("update", "leases.coordination.k8s.io", NS, "yes"),
         ("update", "leases.coordination.k8s.io", APPS, "no"),
-        ("delete", "pods", APPS, "no"),
+        ("delete", "pods", APPS, "yes"),
+        ("list", "secrets", APPS, "no"),
+        ("get", "customresourcedefinitions.apiextensions.k8s.io/"
+                "servicemonitors.monitoring.coreos.com", "", "yes"),
+        ("get", "customresourcedefinitions.apiextensions.k8s.io/kvcaches.kvcache.io", "", "no"),
         ("create", "clusterroles.rbac.authorization.k8s.io", "", "no"),
     ])
 
@@ -263,6 +267,8 @@ def test_15_namespace_scoped_release_is_confined_to_its_namespace():
         ("watch", "kvcaches.kvcache.io", "default", "no"),
         ("patch", "statefulsets.apps", "default", "no"),
         ("list", "kvcaches.kvcache.io", "", "no"),        # no cluster-wide list
+        ("get", "customresourcedefinitions.apiextensions.k8s.io/"
+                "prometheusrules.monitoring.coreos.com", "", "yes"),
         ("update", "leases.coordination.k8s.io", ns, "yes"),
     ])
     args = get_json("deployment", "-n", ns, "kvc-ns-kvcache-operator")[

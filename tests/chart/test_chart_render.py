@@ -103,22 +103,32 @@ def test_rbac_scope(scenario):
                 "verbs": ["get", "create", "update"]} in leader[0]["rules"]
     else:
         assert not leader
+    # Both scopes: a ClusterRole reading the two prometheus-operator CRDs (cluster-scoped).
+    cluster_rules = one(docs, "ClusterRole")["rules"]
+    one(docs, "ClusterRoleBinding")
+    crd_rule = {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+                "resourceNames": ["servicemonitors.monitoring.coreos.com",
+                                  "prometheusrules.monitoring.coreos.com"],
+                "verbs": ["get"]}
+    assert crd_rule in cluster_rules
     if values.get("rbac", {}).get("scope", "cluster") == "namespace":
-        assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+        assert cluster_rules == [crd_rule]
         (watched,) = [r for n, r in roles.items() if not n.endswith("-leader-election")]
         assert watched["metadata"]["namespace"] == values["watchNamespace"]
         rules = watched["rules"]
     else:
-        rules = one(docs, "ClusterRole")["rules"]
+        rules = [r for r in cluster_rules if r != crd_rule]
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}
-    # Spot checks; the exact list is compared with the audit log by the operator's e2e test.
-    assert ("kvcache.io", "kvcaches/status", "patch") in granted
+    # Spot checks; the exact list is compared with the audit log by the operator's e2e test
+    # (tests/e2e/test_rbac_audit.py).
+    assert ("kvcache.io", "kvcaches/status", "update") in granted
     assert ("apps", "statefulsets", "patch") in granted
     assert ("events.k8s.io", "events", "create") in granted
-    assert ("", "pods", "delete") in granted  # the rolling upgrade (OnDelete StatefulSets)
-    assert ("", "pods", "create") not in granted
+    assert ("", "pods", "delete") in granted  # rolling updates (OnDelete StatefulSets)
+    assert ("", "secrets", "list") not in granted  # read by name only
     assert not any("*" in (g, r, v) for g, r, v in granted)
+    assert not any("resourceNames" in rule for rule in rules)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

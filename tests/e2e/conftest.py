@@ -22,6 +22,20 @@ _ns_counter = itertools.count(1)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer than the e2e tier's budget (run with -m slow)")
+    config.addinivalue_line("markers", "session_end: runs after every other test of the session "
+                            "(it judges what they did, e.g. from the audit log)")
+
+
+def pytest_collection_modifyitems(config, items):
+    # Explicit, whatever the file names: tests marked session_end go last, in their order.
+    last = [i for i in items if i.get_closest_marker("session_end")]
+    items[:] = [i for i in items if not i.get_closest_marker("session_end")] + last
+
+
+def pytest_deselected(items):
+    if items:
+        stash = items[0].config.stash
+        stash[e2elib.DESELECTED] = stash.get(e2elib.DESELECTED, []) + list(items)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,10 @@ import sys
 import time
 import urllib.parse
 
+import pytest
+
+import rbac_audit
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OWN_BIN = pathlib.Path(os.environ.get("KVCACHE_BIN_DIR", ROOT / "build" / "bin"))
 # Upstream binaries (localk8s, kubectl, helm, kube-*): the worktree's own build, or another
@@ -26,6 +30,10 @@ CHART = ROOT / "charts" / "kvcache-operator"
 SAMPLE = ROOT / "crds" / "samples" / "kvcache-sample.yaml"
 OPERATOR_NS = "kvcache-system"
 RELEASE = "kvcache-operator"
+# The tests pytest deselected (-k, -m), kept by conftest.py for test_rbac_audit.py.
+DESELECTED = pytest.StashKey[list]()
+# The chart names the ServiceAccount after the release (fullname).
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{RELEASE}"
 
 
 def log(msg):
@@ -158,6 +166,11 @@ class LocalK8s:
         OWN_BIN/kvcache-operator) and waits for the Deployment."""
         self.helm("install", RELEASE, CHART, "-n", OPERATOR_NS, "--create-namespace",
                   "--wait", "--timeout", "5m", *extra)
+
+    def operator_requests(self):
+        """Every API request of the operator's ServiceAccount so far, from the apiserver's
+        audit log (rbac_audit.Request, oldest first)."""
+        return rbac_audit.read_requests(self.state / "logs", OPERATOR_USER)
 
     def operator_metrics(self):
         """{metric line name+labels: value} from the operator's metrics Service (ClusterIP)."""

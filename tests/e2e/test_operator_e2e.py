@@ -4,14 +4,18 @@ the host. One cluster for the session (conftest.py); each test has its own names
 KVCache.
 """
 
+import datetime
 import http.client
+import json
 import threading
 import time
 
 import pytest
 import yaml
 
-from e2elib import (OPERATOR_NS, RELEASE, SAMPLE, Cache, await_condition, checksum, is_available,
+import rbac_audit
+from e2elib import (OPERATOR_NS, RELEASE, ROOT, SAMPLE, Cache, await_condition, checksum,
+                    is_available,
                     log, summary)
 
 
@@ -47,6 +51,104 @@ def wait_available(cluster, ns, name="demo", timeout=300):
 
 def service_ip(cluster, ns, name="demo"):
     return cluster.get_json("svc", "-n", ns, name)["spec"]["clusterIP"]
+
+
+def wait_converged(cluster, ns, name="demo", timeout=300, check=None, watch=None):
+    """Waits until the KVCache is Running, Available and not Progressing at its current
+    generation (and check(kvc) holds, when given; watch(kvc) sees every poll and may skip or
+    fail the test); logs the status every ~5 s."""
+    def done():
+        kvc = get_kvc(cluster, ns, name)
+        if kvc and watch:
+            watch(kvc)
+        if not kvc or not is_available(kvc):
+            return None
+        conds = {c["type"]: c for c in kvc["status"].get("conditions", [])}
+        if kvc["status"].get("phase") != "Running" or conds["Progressing"]["status"] != "False":
+            return None
+        return kvc if check is None or check(kvc) else None
+    t0 = time.monotonic()
+    kvc = await_condition(f"KVCache {ns}/{name} converged", done, timeout=timeout,
+                          progress=lambda: summary(get_kvc(cluster, ns, name)))
+    return kvc, time.monotonic() - t0
+
+
+def children_versions(cluster, ns, name="demo"):
+    """{kind/name: resourceVersion} of everything the operator made for the KVCache."""
+    out = {}
+    for kind in ("statefulsets", "services", "configmaps", "secrets", "poddisruptionbudgets"):
+        for item in cluster.get_json(kind, "-n", ns)["items"]:
+            owners = item["metadata"].get("ownerReferences", [])
+            if any(o["kind"] == "KVCache" and o["name"] == name for o in owners):
+                out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+    return out
+
+
+def test_converged_reconciles_make_zero_writes(cluster, namespace):
+    """After convergence, the periodic reconciles (resync 10 s) and reconciles triggered by an
+    unrelated change of the KVCache (an annotation) write nothing: no child, no status and no
+    Event changes over 30 s, and the apiserver's audit log shows no write request of the
+    operator at all over that window except its leader-election Lease renewals."""
+    ns = namespace
+    apply(cluster, ns, sample(shards=2, replicasPerShard=0))
+    wait_converged(cluster, ns)
+    # The window must hold this KVCache only: the namespaces of earlier tests (deleted without
+    # waiting) gone, with their KVCaches (the operator re-applies the children a namespace's
+    # deletion removes until its KVCache goes too). First in the file, so it normally has none
+    # to wait for (about 10 s otherwise).
+    await_condition("earlier tests' namespaces deleted", lambda: not [
+        n["metadata"]["name"] for n in cluster.get_json("namespaces")["items"]
+        if n["metadata"]["name"].startswith("e2e-") and n["metadata"]["name"] != ns],
+        timeout=120, progress=lambda: [n["metadata"]["name"] for n in cluster.get_json(
+            "namespaces")["items"] if n["metadata"]["name"].startswith("e2e-")])
+    # Let the last status write after convergence land, then take the baseline.
+    time.sleep(3)
+    before = children_versions(cluster, ns)
+    assert {"statefulsets/demo-0", "statefulsets/demo-1", "services/demo",
+            "services/demo-nodes", "configmaps/demo-config",
+            "secrets/demo-cluster-token"} <= set(before), before
+    events_before = len(cluster.get_json("events", "-n", ns)["items"])
+    reconciles = lambda: sum(v for k, v in cluster.operator_metrics().items()
+                             if k.startswith("kvcache_operator_reconcile_total"))
+    r0 = reconciles()
+    window_start = datetime.datetime.now(datetime.timezone.utc)
+    t_end = time.monotonic() + 30
+    bumps = 0
+    while time.monotonic() < t_end:
+        bumps += 1
+        cluster.kubectl("annotate", "kvc", "demo", "-n", ns, f"e2e/touch={bumps}", "--overwrite")
+        rv_after_touch = get_kvc(cluster, ns)["metadata"]["resourceVersion"]
+        time.sleep(10)
+        kvc = get_kvc(cluster, ns)
+        assert kvc["metadata"]["resourceVersion"] == rv_after_touch, \
+            f"the KVCache was written after the annotation: {summary(kvc)}"
+    window_end = datetime.datetime.now(datetime.timezone.utc)
+    after = children_versions(cluster, ns)
+    r1 = reconciles()
+    assert after == before, f"children written after convergence: " \
+        f"{ {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v} }"
+    assert len(cluster.get_json("events", "-n", ns)["items"]) == events_before
+    assert r1 - r0 >= 3, f"only {r1 - r0} reconciles in 30 s"
+    # Every request the operator made in the window, in any namespace. A line is written when
+    # its request ends: wait until the log shows one received after the window (the Lease is
+    # renewed every 2 s).
+    requests = await_condition(
+        "the audit log past the window",
+        lambda: (lambda rs: rs if rs and rs[-1].received >= window_end else None)(
+            cluster.operator_requests()), timeout=30)
+    in_window = [r for r in requests if window_start <= r.received < window_end]
+    # Excluded: the leader-election Lease in the operator's namespace (a GET and a PUT every
+    # 2 s while it leads: the protocol, not reconciling).
+    lease = lambda r: (r.group, r.resource, r.namespace) == ("coordination.k8s.io", "leases",
+                                                            OPERATOR_NS)
+    writes = rbac_audit.writes(requests, window_start, window_end, exclude=lease)
+    assert not writes, "the operator wrote after convergence:\n" + "\n".join(
+        f"{r.received:%H:%M:%S.%f} {r.verb} {r.uri} -> {r.code}" for r in writes)
+    renewals = sum(1 for r in in_window if lease(r) and r.verb in rbac_audit.WRITE_VERBS)
+    log(f"ok: {r1 - r0:.0f} reconciles in 30 s (3 triggered by annotations) made 0 writes to "
+        f"{len(before)} children, the KVCache status or Events; audit log: "
+        f"{len(in_window)} requests of the operator in the window, 0 writes besides "
+        f"{renewals} Lease renewals")
 
 
 def test_create_available_put_get_list(cluster, namespace):
@@ -85,74 +187,6 @@ def test_create_available_put_get_list(cluster, namespace):
     status, _, _ = cache.get("absent-key")
     assert status == 404
     log(f"ok: {len(keys)} keys through {cache.host}:8080 on {len(owners)} shards; listing exact")
-
-
-def wait_converged(cluster, ns, name="demo", timeout=300, check=None, watch=None):
-    """Waits until the KVCache is Running, Available and not Progressing at its current
-    generation (and check(kvc) holds, when given; watch(kvc) sees every poll and may skip or
-    fail the test); logs the status every ~5 s."""
-    def done():
-        kvc = get_kvc(cluster, ns, name)
-        if kvc and watch:
-            watch(kvc)
-        if not kvc or not is_available(kvc):
-            return None
-        conds = {c["type"]: c for c in kvc["status"].get("conditions", [])}
-        if kvc["status"].get("phase") != "Running" or conds["Progressing"]["status"] != "False":
-            return None
-        return kvc if check is None or check(kvc) else None
-    t0 = time.monotonic()
-    kvc = await_condition(f"KVCache {ns}/{name} converged", done, timeout=timeout,
-                          progress=lambda: summary(get_kvc(cluster, ns, name)))
-    return kvc, time.monotonic() - t0
-
-
-def children_versions(cluster, ns, name="demo"):
-    """{kind/name: resourceVersion} of everything the operator made for the KVCache."""
-    out = {}
-    for kind in ("statefulsets", "services", "configmaps", "secrets", "poddisruptionbudgets"):
-        for item in cluster.get_json(kind, "-n", ns)["items"]:
-            owners = item["metadata"].get("ownerReferences", [])
-            if any(o["kind"] == "KVCache" and o["name"] == name for o in owners):
-                out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
-    return out
-
-
-def test_converged_reconciles_make_zero_writes(cluster, namespace):
-    """After convergence, the periodic reconciles (resync 10 s) and reconciles triggered by an
-    unrelated change of the KVCache (an annotation) write nothing: no child, no status and no
-    Event changes over 30 s."""
-    ns = namespace
-    apply(cluster, ns, sample(shards=2, replicasPerShard=0))
-    wait_converged(cluster, ns)
-    # Let the last status write after convergence land, then take the baseline.
-    time.sleep(3)
-    before = children_versions(cluster, ns)
-    assert {"statefulsets/demo-0", "statefulsets/demo-1", "services/demo",
-            "services/demo-nodes", "configmaps/demo-config",
-            "secrets/demo-cluster-token"} <= set(before), before
-    events_before = len(cluster.get_json("events", "-n", ns)["items"])
-    reconciles = lambda: sum(v for k, v in cluster.operator_metrics().items()
-                             if k.startswith("kvcache_operator_reconcile_total"))
-    r0 = reconciles()
-    t_end = time.monotonic() + 30
-    bumps = 0
-    while time.monotonic() < t_end:
-        bumps += 1
-        cluster.kubectl("annotate", "kvc", "demo", "-n", ns, f"e2e/touch={bumps}", "--overwrite")
-        rv_after_touch = get_kvc(cluster, ns)["metadata"]["resourceVersion"]
-        time.sleep(10)
-        kvc = get_kvc(cluster, ns)
-        assert kvc["metadata"]["resourceVersion"] == rv_after_touch, \
-            f"the KVCache was written after the annotation: {summary(kvc)}"
-    after = children_versions(cluster, ns)
-    r1 = reconciles()
-    assert after == before, f"children written after convergence: " \
-        f"{ {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v} }"
-    assert len(cluster.get_json("events", "-n", ns)["items"]) == events_before
-    assert r1 - r0 >= 3, f"only {r1 - r0} reconciles in 30 s"
-    log(f"ok: {r1 - r0:.0f} reconciles in 30 s (3 triggered by annotations) made 0 writes to "
-        f"{len(before)} children, the KVCache status or Events")
 
 
 def test_delete_collects_children_and_honours_reclaim_policy(cluster, namespace):
@@ -382,6 +416,78 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(cluster, 
     writer.finish_and_check(service_ip(cluster, ns))
     events = [e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]]
     assert "PrimaryFailedOver" in events, sorted(set(events))
+
+
+def test_optional_children_and_day2_changes(cluster, namespace):
+    """Optional children follow the spec both ways and day-2 changes land in place: with the
+    prometheus-operator CRDs installed, an Ingress, a ServiceMonitor, a PrometheusRule and the
+    PDB are made; a child deleted by hand (the ConfigMap) is made again, its second "Created"
+    Event counted in the first one's series (not a second Event); then the Ingress and the PDB
+    switched off are deleted, a larger storage.size grows the claim, and a new memory limit (a
+    new pod template) makes the operator restart the pod (the StatefulSets are OnDelete)."""
+    ns = namespace
+    # Cluster-wide and left installed: the session's cluster goes away with them.
+    for crd in sorted((ROOT / "tests" / "chart" / "crds").glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "-f", crd)
+    cluster.kubectl("wait", "--for=condition=established", "--timeout=60s",
+                    "crd/servicemonitors.monitoring.coreos.com",
+                    "crd/prometheusrules.monitoring.coreos.com")
+    apply(cluster, ns, sample(shards=1, replicasPerShard=0,
+                              ingress={"enabled": True, "host": "cache.e2e.test"},
+                              monitoring={"serviceMonitor": {"enabled": True},
+                                          "prometheusRule": {"enabled": True}}))
+    t0 = time.monotonic()
+    wait_converged(cluster, ns)
+    exists = lambda kind, name: cluster.get_json(kind, "-n", ns, name, check=False) is not None
+    for kind, name in (("ingresses", "demo"), ("servicemonitors", "demo"),
+                       ("prometheusrules", "demo"), ("poddisruptionbudgets", "demo-0")):
+        assert exists(kind, name), f"{kind}/{name} not made"
+    pod_uid = cluster.get_json("pod", "-n", ns, "demo-0-0")["metadata"]["uid"]
+
+    created = lambda: [e for e in cluster.get_json("events.events.k8s.io", "-n", ns)["items"]
+                       if e["reason"] == "Created" and "ConfigMap demo-config" in e["note"]]
+    assert len(created()) == 1, created()
+    cm_uid = cluster.get_json("configmap", "-n", ns, "demo-config")["metadata"]["uid"]
+    cluster.kubectl("delete", "configmap", "-n", ns, "demo-config")
+    await_condition("demo-config made again", lambda: (
+        lambda c: c and c["metadata"]["uid"] != cm_uid)(
+            cluster.get_json("configmap", "-n", ns, "demo-config", check=False)), timeout=30)
+    # The first repeat is written at once (series.count 2).
+    events = await_condition("the Created Event counted as a series", lambda: (
+        lambda es: es if any((e.get("series") or {}).get("count", 1) >= 2 for e in es) else None)(
+            created()), timeout=30)
+    assert len(events) == 1, [(e["metadata"]["name"], e.get("series")) for e in events]
+
+    cluster.kubectl("patch", "kvc", "demo", "-n", ns, "--type=merge", "-p", json.dumps(
+        {"spec": {"ingress": {"enabled": False}, "podDisruptionBudget": {"enabled": False},
+                  "storage": {"size": "2Gi"}, "memory": {"limit": "128Mi"}}}))
+
+    def pending():
+        """What is not done yet (empty when everything is)."""
+        left = [f"{kind}/{name}" for kind, name in (("ingresses", "demo"),
+                                                     ("poddisruptionbudgets", "demo-0"))
+                if exists(kind, name)]
+        claims = cluster.get_json("pvc", "-n", ns, "-l", "app.kubernetes.io/instance=demo")
+        left += [f"pvc/{c['metadata']['name']} {c['spec']['resources']['requests']['storage']}"
+                 for c in claims["items"]
+                 if c["spec"]["resources"]["requests"]["storage"] != "2Gi"]
+        pod = cluster.get_json("pod", "-n", ns, "demo-0-0", check=False)
+        revision = cluster.get_json("sts", "-n", ns, "demo-0")["status"].get("updateRevision")
+        if (not pod or pod["metadata"]["uid"] == pod_uid
+                or pod["metadata"]["labels"].get("controller-revision-hash") != revision):
+            left.append("pod demo-0-0 not restarted with the new template")
+        return left
+    wait_converged(cluster, ns, timeout=240, check=lambda k: not pending())
+    claims = cluster.get_json("pvc", "-n", ns, "-l", "app.kubernetes.io/instance=demo")["items"]
+    assert claims and all(c["status"]["capacity"]["storage"] == "2Gi" for c in claims), \
+        [c["status"].get("capacity") for c in claims]
+    for kind, name in (("servicemonitors", "demo"), ("prometheusrules", "demo")):
+        assert exists(kind, name), f"{kind}/{name} gone"
+    reasons = {e["reason"] for e in cluster.get_json("events.events.k8s.io", "-n", ns)["items"]}
+    assert {"Deleted", "VolumeExpanded", "PodRestarted"} <= reasons, sorted(reasons)
+    log(f"ok: optional children made and removed, ConfigMap made again (one Created Event, "
+        f"series count {events[0]['series']['count']}), claim grown to 2Gi, pod rolled: "
+        f"{time.monotonic() - t0:.1f}s from apply")
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -412,7 +413,8 @@ spec:
 `
 
 // TestLauncherNodes: 3 nodes in 3 zones; a StatefulSet with volumeClaimTemplates comes up with
-// Bound PVCs in DIR/volumes, its pods resolve by name, its ClusterIP answers from the host, a
+// Bound PVCs in DIR/volumes, a claim grows in place, a service account's request is in the
+// audit log, its pods resolve by name, its ClusterIP answers from the host, a
 // pod process SIGKILLed from outside is restarted; everything is removed on stop.
 func TestLauncherNodes(t *testing.T) {
 	if os.Getenv("KVCACHE_LOCALK8S") != "1" {
@@ -464,6 +466,8 @@ func TestLauncherNodes(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		checkExpansion(t, c)
+		checkAuditLog(t, c)
 		// pod DNS names
 		podIP := c.kubectl("get", "pod", "web-0", "-o", "jsonpath={.status.podIP}")
 		if got, err := resolve("web-0.web.default.svc.cluster.local."); err != nil || len(got) != 1 || got[0] != podIP {
@@ -506,4 +510,94 @@ func TestLauncherNodes(t *testing.T) {
 		c.kubectl("wait", "--for=condition=Ready", "pod/web-1", "--timeout=60s")
 	}()
 	checkClean(t, before, dir)
+}
+
+// await polls f every 500 ms until it returns "" (done) or timeout passes; then fails with
+// f's last answer.
+func await(t *testing.T, what string, timeout time.Duration, f func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		last := f()
+		if last == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s: not within %v: %s", what, timeout, last)
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// checkExpansion: StorageClass standard allows expansion; a grown claim's PV capacity and its
+// status.capacity follow the request.
+func checkExpansion(t *testing.T, c *cluster) {
+	c.kubectl("patch", "pvc", "data-web-0", "--type=merge",
+		"-p", `{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}`)
+	pv := c.kubectl("get", "pvc", "data-web-0", "-o", "jsonpath={.spec.volumeName}")
+	await(t, "data-web-0 expanded to 2Gi", 30*time.Second, func() string {
+		claim := c.kubectl("get", "pvc", "data-web-0", "-o", "jsonpath={.status.capacity.storage}")
+		vol := c.kubectl("get", "pv", pv, "-o", "jsonpath={.spec.capacity.storage}")
+		if claim == "2Gi" && vol == "2Gi" {
+			return ""
+		}
+		return fmt.Sprintf("claim %s, PV %s", claim, vol)
+	})
+}
+
+// checkAuditLog: a request with a service account's token (default/default, which may not
+// list pods) is in DIR/logs/audit.log at Metadata level with its RBAC decision; nothing of
+// kube-system's service accounts (the controllers) and no RequestReceived stage is.
+func checkAuditLog(t *testing.T, c *cluster) {
+	token := c.kubectl("create", "token", "default")
+	out, err := exec.Command(filepath.Join(c.bin, "kubectl"), "--kubeconfig", os.DevNull,
+		"--server", "https://127.0.0.1:6443", "--certificate-authority", filepath.Join(c.dir, "pki", "ca.crt"),
+		"--token", token, "get", "pods", "-n", "default").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "forbidden") {
+		t.Errorf("default/default listing pods: %v %s (want forbidden)", err, out)
+	}
+	type event struct {
+		Stage string `json:"stage"`
+		Verb  string `json:"verb"`
+		User  struct {
+			Username string `json:"username"`
+		} `json:"user"`
+		ObjectRef struct {
+			Resource  string `json:"resource"`
+			Namespace string `json:"namespace"`
+		} `json:"objectRef"`
+		ResponseStatus struct {
+			Code int `json:"code"`
+		} `json:"responseStatus"`
+		Annotations map[string]string `json:"annotations"`
+	}
+	await(t, "the forbidden list in logs/audit.log", 10*time.Second, func() string {
+		f, err := os.Open(filepath.Join(c.dir, "logs", "audit.log"))
+		if err != nil {
+			return err.Error()
+		}
+		defer f.Close()
+		found, lines := false, 0
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 0, 1<<20), 1<<20)
+		for sc.Scan() {
+			lines++
+			var e event
+			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+				t.Fatalf("audit.log line %d: %v: %s", lines, err, sc.Text())
+			}
+			if strings.HasPrefix(e.User.Username, "system:serviceaccount:kube-system:") || e.Stage == "RequestReceived" {
+				t.Fatalf("audit.log line %d should have been left out by the policy: %s", lines, sc.Text())
+			}
+			found = found || (e.User.Username == "system:serviceaccount:default:default" &&
+				e.Stage == "ResponseComplete" && e.Verb == "list" && e.ObjectRef.Resource == "pods" &&
+				e.ObjectRef.Namespace == "default" && e.ResponseStatus.Code == 403 &&
+				e.Annotations["authorization.k8s.io/decision"] == "forbid")
+		}
+		if found {
+			return ""
+		}
+		return fmt.Sprintf("not among its %d lines", lines)
+	})
 }

@@ -88,6 +88,7 @@ metadata:
 provisioner: ` + provisionerName + `
 reclaimPolicy: Delete
 volumeBindingMode: WaitForFirstConsumer
+allowVolumeExpansion: true
 `
 
 func (l *launcher) bootstrap(ctx context.Context) error {

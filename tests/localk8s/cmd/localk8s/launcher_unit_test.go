@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"sigs.k8s.io/yaml"
+
 	"kvcache.local/localk8s/internal/agent"
 )
 
@@ -129,5 +131,60 @@ func TestDefaultImages(t *testing.T) {
 	msg := agent.ProgramMissing("kvcache-operator:1", filepath.Join(bin, "kvcache-operator"))
 	if !strings.Contains(msg, "kvcache-operator") || !strings.Contains(msg, "does not exist") {
 		t.Errorf("missing operator binary: %q", msg)
+	}
+}
+
+// The apiserver's audit log: the built-in policy (service accounts outside kube-system at
+// Metadata level, no RequestReceived stage) or the file given to --audit-policy, copied into
+// the state dir, and the flags that point the apiserver at DIR/logs/audit.log.
+func TestAuditArgs(t *testing.T) {
+	dir := t.TempDir()
+	args, err := auditArgs(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := map[string]string{}
+	for i := 0; i+1 < len(args); i += 2 {
+		flags[args[i]] = args[i+1]
+	}
+	if flags["--audit-log-path"] != filepath.Join(dir, "logs", "audit.log") {
+		t.Errorf("audit log path %q", flags["--audit-log-path"])
+	}
+	b, err := os.ReadFile(flags["--audit-policy-file"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var policy struct {
+		APIVersion string   `json:"apiVersion"`
+		Kind       string   `json:"kind"`
+		OmitStages []string `json:"omitStages"`
+		Rules      []struct {
+			Level      string   `json:"level"`
+			UserGroups []string `json:"userGroups"`
+		} `json:"rules"`
+	}
+	if err := yaml.UnmarshalStrict(b, &policy); err != nil {
+		t.Fatalf("policy: %v\n%s", err, b)
+	}
+	if policy.APIVersion != "audit.k8s.io/v1" || policy.Kind != "Policy" || !slices.Equal(policy.OmitStages, []string{"RequestReceived"}) ||
+		len(policy.Rules) != 2 ||
+		policy.Rules[0].Level != "None" || policy.Rules[0].UserGroups[0] != "system:serviceaccounts:kube-system" ||
+		policy.Rules[1].Level != "Metadata" || policy.Rules[1].UserGroups[0] != "system:serviceaccounts" {
+		t.Errorf("built-in policy: %+v", policy)
+	}
+
+	own := filepath.Join(t.TempDir(), "all.yaml")
+	everyone := "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n"
+	if err := os.WriteFile(own, []byte(everyone), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := auditArgs(dir, own); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(flags["--audit-policy-file"]); string(b) != everyone {
+		t.Errorf("--audit-policy not used: %s", b)
+	}
+	if _, err := auditArgs(dir, filepath.Join(dir, "absent.yaml")); err == nil {
+		t.Error("a missing --audit-policy file is accepted")
 	}
 }

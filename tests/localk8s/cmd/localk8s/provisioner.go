@@ -16,8 +16,10 @@ import (
 // runProvisioner is the StorageClass `standard` provisioner (localk8s.io/hostpath): every
 // claim the PV controller hands to it (annotation volume.kubernetes.io/storage-provisioner,
 // set once the scheduler picked a node, as the class is WaitForFirstConsumer) gets a hostPath
-// PV in DIR/volumes/pvc-<claim uid>, pre-bound to the claim; a Released PV with reclaim policy
-// Delete has its directory and object removed. kube-controller-manager's own hostpath
+// PV in DIR/volumes/pvc-<claim uid>, pre-bound to the claim; a bound claim whose request grew
+// (the class allows expansion) has the PV's capacity and its own status.capacity raised to it
+// (a hostPath directory has no size to change); a Released PV with reclaim policy Delete has
+// its directory and object removed. kube-controller-manager's own hostpath
 // provisioner cannot be used: it always writes to /tmp/hostpath_pv (hard-coded in
 // k8s.io/kubernetes/pkg/volume/hostpath).
 func (l *launcher) runProvisioner(ctx context.Context) {
@@ -41,6 +43,10 @@ func (l *launcher) provisionOnce(ctx context.Context) {
 	}
 	for i := range pvcs.Items {
 		c := &pvcs.Items[i]
+		if c.Spec.VolumeName != "" && c.Status.Phase == corev1.ClaimBound {
+			l.expand(ctx, c)
+			continue
+		}
 		if c.Spec.VolumeName != "" || c.Status.Phase != corev1.ClaimPending || c.DeletionTimestamp != nil {
 			continue
 		}
@@ -113,4 +119,31 @@ func (l *launcher) provisionOnce(ctx context.Context) {
 		}
 		klog.InfoS("provisioner: deleted", "pv", pv.Name)
 	}
+}
+
+// expand raises the capacity of a bound claim's PV (one of ours) and the claim's
+// status.capacity to the claim's request, when the request is larger.
+func (l *launcher) expand(ctx context.Context, c *corev1.PersistentVolumeClaim) {
+	want, ok := c.Spec.Resources.Requests[corev1.ResourceStorage]
+	have, bound := c.Status.Capacity[corev1.ResourceStorage]
+	if !ok || !bound || want.Cmp(have) <= 0 {
+		return
+	}
+	pv, err := l.client.CoreV1().PersistentVolumes().Get(ctx, c.Spec.VolumeName, metav1.GetOptions{})
+	if err != nil || pv.Annotations["pv.kubernetes.io/provisioned-by"] != provisionerName {
+		return
+	}
+	if have, ok := pv.Spec.Capacity[corev1.ResourceStorage]; ok && want.Cmp(have) > 0 {
+		pv.Spec.Capacity[corev1.ResourceStorage] = want
+		if _, err := l.client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{}); err != nil {
+			klog.ErrorS(err, "provisioner: expand PV", "pv", pv.Name)
+			return
+		}
+	}
+	c.Status.Capacity[corev1.ResourceStorage] = want
+	if _, err := l.client.CoreV1().PersistentVolumeClaims(c.Namespace).UpdateStatus(ctx, c, metav1.UpdateOptions{}); err != nil {
+		klog.ErrorS(err, "provisioner: expand PVC status", "pvc", c.Namespace+"/"+c.Name)
+		return
+	}
+	klog.InfoS("provisioner: expanded", "pv", pv.Name, "pvc", c.Namespace+"/"+c.Name, "size", want.String())
 }

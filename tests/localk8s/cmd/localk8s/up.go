@@ -28,13 +28,15 @@ import (
 )
 
 type launcher struct {
-	dir     string
-	binDir  string
-	nodes   []string
-	images  map[string]string
-	st      *stateFile
-	pki     *pki
-	cniConf string
+	dir    string
+	binDir string
+	nodes  []string
+	images map[string]string
+	// auditPolicy: the --audit-policy file; empty = defaultAuditPolicy.
+	auditPolicy string
+	st          *stateFile
+	pki         *pki
+	cniConf     string
 
 	procs  []*proc
 	byName map[string]*proc
@@ -62,6 +64,7 @@ func cmdUp(args []string) int {
 	binDir := fs.String("bin-dir", defaultBinDir(), "directory of the upstream binaries (etcd, kube-apiserver, ...)")
 	images := imageFlags{}
 	fs.Var(images, "image", "REPO=PROGRAM: run PROGRAM for pods whose image repository is REPO (repeatable)")
+	auditPolicy := fs.String("audit-policy", "", "kube-apiserver audit policy file (default: Metadata level for service accounts outside kube-system); the log is DIR/logs/audit.log")
 	dir, rest, ok := parseWithStateDir("up", args, fs)
 	if !ok {
 		return 2
@@ -127,7 +130,7 @@ func cmdUp(args []string) int {
 		defer lf.Close()
 	}
 
-	l := &launcher{dir: dir, binDir: bd, images: img, byName: map[string]*proc{}}
+	l := &launcher{dir: dir, binDir: bd, images: img, auditPolicy: *auditPolicy, byName: map[string]*proc{}}
 	for i := 1; i <= *nodes; i++ {
 		l.nodes = append(l.nodes, fmt.Sprintf("node-%d", i))
 	}
@@ -222,6 +225,10 @@ func (l *launcher) run(ctx context.Context, t0 time.Time) error {
 	}
 	_ = os.Chmod(l.path("etcd"), 0o700)
 
+	audit, err := auditArgs(l.dir, l.auditPolicy)
+	if err != nil {
+		return err
+	}
 	pk := l.pki.path
 	kc := func(n string) string { return l.path("kubeconfigs", n+".kubeconfig") }
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdClientPort)
@@ -231,7 +238,7 @@ func (l *launcher) run(ctx context.Context, t0 time.Time) error {
 		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
 		"--initial-cluster", "localk8s="+peerURL, "--listen-metrics-urls", "",
 		"--quota-backend-bytes", "4294967296", "--log-level", "warn")
-	apiserver := l.addProc("apiserver", "kube-apiserver",
+	apiserverArgs := []string{
 		"--etcd-servers", etcdURL,
 		"--bind-address", hostIP, "--advertise-address", hostIP, "--secure-port", fmt.Sprint(apiPort),
 		"--tls-cert-file", pk("apiserver.crt"), "--tls-private-key-file", pk("apiserver.key"),
@@ -243,10 +250,11 @@ func (l *launcher) run(ctx context.Context, t0 time.Time) error {
 		"--proxy-client-cert-file", pk("front-proxy-client.crt"), "--proxy-client-key-file", pk("front-proxy-client.key"),
 		"--kubelet-certificate-authority", pk("ca.crt"), "--kubelet-preferred-address-types", "InternalIP,Hostname",
 		"--service-cluster-ip-range", serviceCIDR,
-		"--service-account-issuer", "https://kubernetes.default.svc."+clusterDomain,
+		"--service-account-issuer", "https://kubernetes.default.svc." + clusterDomain,
 		"--service-account-key-file", pk("sa.pub"), "--service-account-signing-key-file", pk("sa.key"),
 		"--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
-		"--allow-privileged=true", "--profiling=false", "--v=1")
+		"--allow-privileged=true", "--profiling=false", "--v=1"}
+	apiserver := l.addProc("apiserver", "kube-apiserver", append(apiserverArgs, audit...)...)
 	cm := l.addProc("controller-manager", "kube-controller-manager",
 		"--kubeconfig", kc("controller-manager"), "--authentication-kubeconfig", kc("controller-manager"),
 		"--authorization-kubeconfig", kc("controller-manager"),
