@@ -147,11 +147,12 @@ class LocalK8s:
     def kill_pod(self, namespace, pod):
         run([BIN / "localk8s", "kill-pod", "--state-dir", self.state, "-n", namespace, pod])
 
-    def install_operator(self, extra=()):
+    def install_operator(self, extra=(), wait=True):
         """helm install of charts/kvcache-operator (image kvcache/kvcache-operator, mapped to
-        OWN_BIN/kvcache-operator) and waits for the Deployment."""
+        OWN_BIN/kvcache-operator); with wait, until the Deployment is ready. Without, it
+        returns once the objects (the CRD among them) exist."""
         self.helm("install", RELEASE, CHART, "-n", OPERATOR_NS, "--create-namespace",
-                  "--wait", "--timeout", "5m", *extra)
+                  *(("--wait", "--timeout", "5m") if wait else ()), *extra)
 
     def operator_metrics(self):
         """{metric line name+labels: value} from the operator's metrics Service (ClusterIP)."""
