@@ -351,6 +351,9 @@ def stack(tmp_path_factory):
         [operator] = pod_addrs(lk, OPERATOR_NS, "app.kubernetes.io/name=kvcache-operator").values()
         service = lk.get_json("svc", "-n", NAMESPACE, CLUSTER)["spec"]["clusterIP"]
         cache = Cache(service)
+        # kube-proxy programs the Service a moment after its endpoints become ready.
+        await_condition("the Service to answer", lambda: cache.request("GET", "/readyz")[0] == 200,
+                        30)
         generate_load(cache)
         cache.close()
         await_scrapes_after_load(prom, nodes)
