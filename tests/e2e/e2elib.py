@@ -161,11 +161,12 @@ class LocalK8s:
         out = run([BIN / "localk8s", hook, "--state-dir", self.state, *args], timeout=180)
         return (out.stdout + out.stderr).strip()
 
-    def install_operator(self, extra=()):
+    def install_operator(self, extra=(), wait=True):
         """helm install of charts/kvcache-operator (image kvcache/kvcache-operator, mapped to
-        OWN_BIN/kvcache-operator) and waits for the Deployment."""
+        OWN_BIN/kvcache-operator); with wait, until the Deployment is ready. Without, it
+        returns once the objects (the CRD among them) exist."""
         self.helm("install", RELEASE, CHART, "-n", OPERATOR_NS, "--create-namespace",
-                  "--wait", "--timeout", "5m", *extra)
+                  *(("--wait", "--timeout", "5m") if wait else ()), *extra)
 
     def operator_requests(self):
         """Every API request of the operator's ServiceAccount so far, from the apiserver's

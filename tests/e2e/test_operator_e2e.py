@@ -15,8 +15,7 @@ import yaml
 
 import rbac_audit
 from e2elib import (OPERATOR_NS, RELEASE, ROOT, SAMPLE, Cache, await_condition, checksum,
-                    is_available,
-                    log, summary)
+                    is_available, log, summary)
 
 
 def sample(**spec):

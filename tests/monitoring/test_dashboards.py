@@ -3,7 +3,7 @@
 No Grafana runs here (Debian does not package it), so this checks what Grafana relies on:
 schemaVersion, the templated datasource on every panel and query, the variables, unique panel
 ids and refIds, and a grid without overlaps. Their PromQL is checked against a real Prometheus
-by test_prometheus_live.py.
+by test_prometheus_k8s.py.
 """
 
 import json

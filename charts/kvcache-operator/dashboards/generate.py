@@ -6,8 +6,8 @@
 
 One script keeps both dashboards consistent: the same datasource variable, the same label
 selectors (the labels of the kubernetes_sd relabeling in docs/metrics.md), the same panel
-defaults. Every expression is checked against a real Prometheus scraping real nodes by
-tests/monitoring/test_prometheus_live.py. Grafana schemaVersion 39 (Grafana 10.x/11.x).
+defaults. Every expression is checked against a real Prometheus scraping a real KVCache by
+tests/monitoring/test_prometheus_k8s.py. Grafana schemaVersion 39 (Grafana 10.x/11.x).
 """
 
 import json

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the upstream binaries localk8s runs (etcd, the Kubernetes control plane,
-# kubectl, helm, CoreDNS) from the Go modules pinned in the go.mod beside each
-# family directory here.
+# kubectl, helm, CoreDNS), and the Prometheus tests/monitoring runs against it,
+# from the Go modules pinned in the go.mod beside each family directory here.
 #
 #   tests/localk8s/upstream/build.sh OUT_DIR [NAME...]
 #
@@ -29,6 +29,7 @@ command -v go >/dev/null || { echo "build.sh: FAILED: 'go' is not on PATH" >&2; 
 K8S_VERSION=v1.34.4
 HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.13.2
+PROMETHEUS_VERSION=3.16.0   # module github.com/prometheus/prometheus v0.316.0
 
 k8s_major=${K8S_VERSION#v}; k8s_major=${k8s_major%%.*}
 k8s_minor=${K8S_VERSION#v*.}; k8s_minor=${k8s_minor%%.*}
@@ -50,8 +51,12 @@ for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   HELM_LDFLAGS+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=37"
 done
 COREDNS_LDFLAGS=" -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+PROMETHEUS_LDFLAGS=" -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION"
+# Only the file, HTTP and Kubernetes service discoveries (Prometheus's own build tags): the
+# cloud ones would triple the binary and the build for nothing the tests use.
+PROMETHEUS_TAGS=remove_all_sd,enable_kubernetes_sd
 
-# NAME | family dir | package | extra ldflags
+# NAME | family dir | package | extra ldflags | build tags
 TARGETS=(
   "etcd|etcd|kvcache.local/localk8s/upstream/etcd/cmd/etcd|"
   "etcdctl|etcd|go.etcd.io/etcd/etcdctl/v3|"
@@ -62,6 +67,7 @@ TARGETS=(
   "kubectl|kubernetes|k8s.io/kubernetes/cmd/kubectl|$K8S_LDFLAGS"
   "helm|helm|helm.sh/helm/v3/cmd/helm|$HELM_LDFLAGS"
   "coredns|coredns|kvcache.local/localk8s/upstream/coredns|$COREDNS_LDFLAGS"
+  "prometheus|prometheus|github.com/prometheus/prometheus/cmd/prometheus|$PROMETHEUS_LDFLAGS|$PROMETHEUS_TAGS"
 )
 
 # ---- select -------------------------------------------------------------------
@@ -97,7 +103,7 @@ i=0
 t_all=$SECONDS
 for t in "${selected[@]}"; do
   i=$((i + 1))
-  IFS='|' read -r name fam pkg extra <<<"$t"
+  IFS='|' read -r name fam pkg extra tags <<<"$t"
   dir="$HERE/$fam"
   bin="$OUT/$name"
   if up_to_date "$bin" "$dir"; then
@@ -107,7 +113,7 @@ for t in "${selected[@]}"; do
   echo "build.sh: building $name ($i/$total)..."
   t0=$SECONDS
   tmp="$OUT/.$name.tmp.$$"
-  cmd=(go build -mod=readonly -trimpath -buildvcs=false
+  cmd=(go build -mod=readonly -trimpath -buildvcs=false ${tags:+-tags "$tags"}
        -ldflags "-s -w$extra" -o "$tmp" "$pkg")
   if ! (cd "$dir" && "${cmd[@]}"); then
     rm -f "$tmp"
