@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the upstream binaries localk8s runs (etcd, the Kubernetes control plane,
-# kubectl, helm, CoreDNS) from the Go modules pinned in the go.mod beside each
+# kubectl, helm, CoreDNS) and the ingress controller the chart test runs in it
+# (traefik) from the Go modules pinned in the go.mod beside each
 # family directory here.
 #
 #   tests/localk8s/upstream/build.sh OUT_DIR [NAME...]
@@ -29,6 +30,7 @@ command -v go >/dev/null || { echo "build.sh: FAILED: 'go' is not on PATH" >&2; 
 K8S_VERSION=v1.34.4
 HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.13.2
+TRAEFIK_VERSION=v3.6.12
 
 k8s_major=${K8S_VERSION#v}; k8s_major=${k8s_major%%.*}
 k8s_minor=${K8S_VERSION#v*.}; k8s_minor=${k8s_minor%%.*}
@@ -50,6 +52,9 @@ for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   HELM_LDFLAGS+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=37"
 done
 COREDNS_LDFLAGS=" -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+# As traefik's Makefile; the build date is the module's publication time (reproducible).
+TRAEFIK_LDFLAGS=" -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"
+TRAEFIK_LDFLAGS+=" -X github.com/traefik/traefik/v3/pkg/version.BuildDate=2026-03-26T09:54:04Z"
 
 # NAME | family dir | package | extra ldflags
 TARGETS=(
@@ -62,6 +67,7 @@ TARGETS=(
   "kubectl|kubernetes|k8s.io/kubernetes/cmd/kubectl|$K8S_LDFLAGS"
   "helm|helm|helm.sh/helm/v3/cmd/helm|$HELM_LDFLAGS"
   "coredns|coredns|kvcache.local/localk8s/upstream/coredns|$COREDNS_LDFLAGS"
+  "traefik|traefik|github.com/traefik/traefik/v3/cmd/traefik|$TRAEFIK_LDFLAGS"
 )
 
 # ---- select -------------------------------------------------------------------
