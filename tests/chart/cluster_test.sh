@@ -8,7 +8,8 @@
 # BIN_DIR (or $LOCALK8S_BIN_DIR) holds localk8s, kubectl, helm, traefik and, once built,
 # kvcache-operator. Exits 77 (skipped) when not root or localk8s is missing. Holds
 # /tmp/localk8s.lock for the whole run (one localk8s per machine).
-# CHART_REQUIRE_OPERATOR=1 turns "operator binary missing" from a skip into a failure.
+# CHART_REQUIRE_OPERATOR=1 turns "operator binary missing" from a skip into a failure;
+# CHART_REQUIRE_TRAEFIK=1 the same for traefik (the curl-via-ingress steps).
 # CHART_OPERATOR_STANDIN=1 (development only) runs operator_standin.py as the operator, so
 # the install --wait / probes / helm test steps run before the operator exists.
 set -euo pipefail
