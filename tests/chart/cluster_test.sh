@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The chart against the real Kubernetes of localk8s: starts a cluster, runs
 # test_chart_cluster.py (server-side dry-run of every ci/ render, helm install/test/upgrade/
-# rollback/uninstall), stops the cluster and checks that no lk8s-* netns remains.
+# rollback/uninstall, curl through an Ingress served by traefik), stops the cluster and checks
+# that no lk8s-* netns remains.
 #
 # Usage: cluster_test.sh REPO_ROOT [BIN_DIR] [pytest args...]
-# BIN_DIR (or $LOCALK8S_BIN_DIR) holds localk8s, kubectl, helm and, once built,
+# BIN_DIR (or $LOCALK8S_BIN_DIR) holds localk8s, kubectl, helm, traefik and, once built,
 # kvcache-operator. Exits 77 (skipped) when not root or localk8s is missing. Holds
 # /tmp/localk8s.lock for the whole run (one localk8s per machine).
-# CHART_REQUIRE_OPERATOR=1 turns "operator binary missing" from a skip into a failure.
+# CHART_REQUIRE_OPERATOR=1 turns "operator binary missing" from a skip into a failure;
+# CHART_REQUIRE_TRAEFIK=1 the same for traefik (the curl-via-ingress steps).
 # CHART_OPERATOR_STANDIN=1 (development only) runs operator_standin.py as the operator, so
 # the install --wait / probes / helm test steps run before the operator exists.
 set -euo pipefail
@@ -22,7 +24,7 @@ for tool in localk8s kubectl helm kube-apiserver etcd; do
 done
 # Pods see the host's / read-only but get their own /tmp: a program localk8s maps an image to
 # must not live under /tmp.
-for prog in kvcache-operator kvcache-node; do
+for prog in kvcache-operator kvcache-node traefik; do
   if [ -e "$bin/$prog" ] && [[ "$(readlink -f "$bin/$prog")" == /tmp/* ]]; then
     echo "FAIL: $bin/$prog resolves under /tmp, which pods cannot see: use a bin dir elsewhere" >&2; exit 1
   fi
@@ -59,9 +61,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Two nodes: the operator, its helm test pod and a one-node KVCache. The helm test image
-# (curlimages/curl) runs the host's curl, as localk8s maps an image to a program.
-images=(--image curlimages/curl=/usr/bin/curl)
+# Two nodes: the operator, its helm test pod, the ingress controller and a one-node KVCache.
+# localk8s maps an image to a program: the helm test image (curlimages/curl) runs the host's
+# curl, the ingress controller's (docker.io/library/traefik, ingress/traefik.yaml) the traefik
+# that tests/localk8s/upstream/build.sh builds into BIN_DIR (the kvcache images are mapped
+# to BIN_DIR by default).
+images=(--image curlimages/curl=/usr/bin/curl --image "traefik=$bin/traefik")
 if [ "${CHART_OPERATOR_STANDIN:-}" = 1 ]; then
   # Development only: an HTTP stand-in plays the operator (operator_standin.py).
   images+=(--image "kvcache/kvcache-operator=$repo/tests/chart/operator_standin.py")

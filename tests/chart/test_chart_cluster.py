@@ -1,6 +1,7 @@
 """The charts against a real API server (localk8s, started by cluster_test.sh): every ci/ render
 accepted by `kubectl apply --dry-run=server --validate=strict`, then one release's life:
-helm install, helm test, a KVCache from charts/kvcache, helm upgrade to a chart whose CRD
+helm install, helm test, a KVCache from charts/kvcache with an Ingress, curl PUT/GET through a
+real ingress controller (traefik, ingress/traefik.yaml), helm upgrade to a chart whose CRD
 changed (the CRD follows), helm rollback (the CRD follows back), helm uninstall (the CRD stays
 with crds.keep), and a crds.keep=false release whose uninstall removes the CRD.
 
@@ -10,12 +11,19 @@ it). Without it the steps that need a running operator (install --wait, helm tes
 reaching Available) are skipped with that reason and every other step still runs; with
 CHART_REQUIRE_OPERATOR=1 (set by CMake once the operator target exists) a missing binary fails.
 
+Same for the ingress controller: localk8s runs the image docker.io/library/traefik as
+$LOCALK8S_BIN_DIR/traefik (built by tests/localk8s/upstream/build.sh); without it the
+curl-via-ingress steps are skipped with that reason, or fail with CHART_REQUIRE_TRAEFIK=1 (set
+by CMake: `make build` always builds traefik).
+
 The tests run in file order and share one cluster; each later step relies on the earlier ones.
 """
 
+import http.client
 import json
 import os
 import pathlib
+import re
 import shutil
 import time
 
@@ -42,6 +50,18 @@ if os.environ.get("CHART_REQUIRE_OPERATOR") == "1" and not OPERATOR.exists():
     raise RuntimeError(f"CHART_REQUIRE_OPERATOR=1 but {OPERATOR} is missing")
 
 needs_operator = pytest.mark.skipif(not HAVE_OPERATOR, reason=NO_OPERATOR)
+
+TRAEFIK = BIN / "traefik"
+TRAEFIK_MANIFEST = ROOT / "tests" / "chart" / "ingress" / "traefik.yaml"
+needs_traefik = pytest.mark.skipif(
+    not TRAEFIK.exists(),
+    reason=f"{TRAEFIK} does not exist (tests/localk8s/upstream/build.sh builds it): no ingress "
+           "controller")
+if os.environ.get("CHART_REQUIRE_TRAEFIK") == "1" and not TRAEFIK.exists():
+    raise RuntimeError(f"CHART_REQUIRE_TRAEFIK=1 but {TRAEFIK} is missing")
+# The sample's values: its Ingress routes this host (IngressClass traefik) to the cache.
+INGRESS_VALUES = CACHE_CHART / "ci" / "ingress-values.yaml"
+INGRESS_HOST = yaml.safe_load(INGRESS_VALUES.read_text())["spec"]["ingress"]["host"]
 wait_args = ["--wait", "--timeout", "5m"] if HAVE_OPERATOR else []
 
 
@@ -66,6 +86,51 @@ def await_condition(what, predicate, timeout=300, interval=1.0):
             last = e
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last})")
+
+
+def local_http(method, port, path, host, body=None):
+    """One request to 127.0.0.1:port with the given Host header; returns (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def traefik_ports():
+    """The NodePorts of traefik's Service on 127.0.0.1: {"web": port, "admin": port}."""
+    svc = get_json("service", "-n", "traefik", "traefik")
+    return {p["name"]: p["nodePort"] for p in svc["spec"]["ports"]}
+
+
+def traefik_routers_for(host):
+    """The routers traefik is serving now (its API's runtime view) whose rule names host."""
+    try:
+        status, body = local_http("GET", traefik_ports()["admin"], "/api/http/routers",
+                                  "localhost")
+    except OSError as e:  # not reachable yet: await_condition retries AssertionErrors
+        raise AssertionError(f"traefik's API: {e}") from e
+    assert status == 200, (status, body)
+    # The kubernetesingress provider writes rules as Host("h") && PathPrefix("/"); either
+    # quote is valid rule syntax.
+    names_host = re.compile(r"Host\([\"`]" + re.escape(host) + r"[\"`]\)")
+    return [r for r in json.loads(body) if names_host.search(r.get("rule", ""))]
+
+
+def traefik_diagnostics():
+    """What to look at when traefik does not serve the Ingress: its pod, its log, the objects
+    the route is made of."""
+    try:
+        routers = local_http("GET", traefik_ports()["admin"], "/api/http/routers", "localhost")
+    except (OSError, AssertionError) as e:
+        routers = e
+    return f"traefik's routers: {routers}\n" + "\n".join(k(*args, check=False).stdout for args in (
+        ("-n", "traefik", "describe", "pods"),
+        ("-n", "traefik", "logs", "deployment/traefik", "--tail=60"),
+        ("-n", APPS, "get", "ingress,service,endpointslices,pods", "-o", "wide"),
+        ("-n", APPS, "get", "endpointslices", "-o", "yaml")))
 
 
 def crd_columns():
@@ -107,6 +172,12 @@ def test_01_namespaces_and_monitoring_crds():
     k("apply", "--server-side", "-f", ROOT / "tests" / "chart" / "crds")
     for name in ("servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"):
         k("wait", "--for", "condition=established", "--timeout=60s", f"crd/{name}")
+
+
+@needs_traefik
+def test_01b_ingress_controller():
+    # Started now so it becomes Ready while the operator installs; awaited in test_07b.
+    k("apply", "-f", TRAEFIK_MANIFEST)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -169,10 +240,13 @@ def test_05_cache_chart_renders_accepted(scenario):
 
 
 def test_06_sample_kvcache_from_the_cache_chart():
-    helm("install", "demo", CACHE_CHART, "-n", APPS, "--set", "spec.shards=1",
-         "--set", "spec.replicasPerShard=0", "--set", "spec.pod.antiAffinity=None")
+    # The ci scenario with an Ingress (one node, IngressClass traefik, INGRESS_HOST).
+    helm("install", "demo", CACHE_CHART, "-n", APPS, "-f", INGRESS_VALUES,
+         "--set", "spec.pod.antiAffinity=None")
     kvc = get_json("kvc", "-n", APPS, "demo")
     assert kvc["spec"]["shards"] == 1 and kvc["spec"]["service"]["port"] == 8080
+    assert kvc["spec"]["ingress"] == {"enabled": True, "className": "traefik",
+                                      "host": INGRESS_HOST, "path": "/"}
 
 
 @needs_real_operator
@@ -185,6 +259,63 @@ def test_07_operator_reconciles_the_sample():
             a.get("observedGeneration") == kvc["metadata"]["generation"]
     await_condition("KVCache demo Available", available, timeout=300)
     k("get", "statefulset", "-n", APPS, "demo-0")
+
+
+@needs_real_operator
+def test_07a_operator_created_the_ingress():
+    ing = get_json("ingress", "-n", APPS, "demo")
+    assert ing["spec"]["ingressClassName"] == "traefik"
+    rule, = ing["spec"]["rules"]
+    assert rule["host"] == INGRESS_HOST
+    path, = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    assert path["backend"]["service"] == {"name": "demo", "port": {"number": 8080}}
+    owner, = ing["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"]) == ("KVCache", "demo")
+
+
+@needs_real_operator
+@needs_traefik
+def test_07b_curl_through_the_ingress():
+    """PUT and GET from the host through traefik's NodePort on 127.0.0.1: traefik routes the
+    Ingress's host to the client Service's endpoints; any other host is traefik's 404."""
+    rollout = k("-n", "traefik", "rollout", "status", "deployment/traefik", "--timeout=120s",
+                check=False)
+    if rollout.returncode != 0:
+        pytest.fail("traefik not Ready in 120 s:\n" + traefik_diagnostics())
+    # traefik has taken the Ingress (it writes its address into the status) ...
+    await_condition(
+        "traefik to publish 127.0.0.1 in the Ingress status",
+        lambda: get_json("ingress", "-n", APPS, "demo").get("status", {}).get(
+            "loadBalancer", {}).get("ingress") == [{"ip": "127.0.0.1"}],
+        timeout=60, interval=0.2)
+    # ... and serves a router for its host (the API shows the configuration in use).
+    try:
+        routers = await_condition(
+            f"a traefik router for Host({INGRESS_HOST}) enabled",
+            lambda: [r for r in traefik_routers_for(INGRESS_HOST)
+                     if r.get("status") == "enabled"],
+            timeout=60, interval=0.2)
+    except pytest.fail.Exception as e:
+        pytest.fail(f"{e}\n{traefik_diagnostics()}")
+    assert routers[0]["provider"] == "kubernetes", routers
+    web = traefik_ports()["web"]
+
+    value = "through traefik"
+    assert local_http("PUT", web, "/v1/ingress-greeting", INGRESS_HOST, body=value)[0] == 201
+    assert local_http("GET", web, "/v1/ingress-greeting", INGRESS_HOST) == (200, value)
+    # The same key, read straight from the client Service: the ingress reached the cache.
+    svc = get_json("service", "-n", APPS, "demo")
+    conn = http.client.HTTPConnection(svc["spec"]["clusterIP"], 8080, timeout=10)
+    try:
+        conn.request("GET", "/v1/ingress-greeting")
+        resp = conn.getresponse()
+        assert (resp.status, resp.read().decode()) == (200, value)
+    finally:
+        conn.close()
+    # No Ingress for another host: traefik's own 404, not the cache's.
+    assert local_http("GET", web, "/v1/ingress-greeting", "other.kvcache.test") == \
+        (404, "404 page not found\n")
 
 
 def test_08_upgrade_to_a_changed_crd(changed_chart):
@@ -210,6 +341,21 @@ def test_09_rollback_restores_the_crd():
 @needs_real_operator
 def test_10_sample_still_available_after_rollback():
     test_07_operator_reconciles_the_sample()
+
+
+@needs_real_operator
+@needs_traefik
+def test_10b_ingress_disabled_route_gone():
+    # spec.ingress.enabled=false: the operator deletes the Ingress, traefik drops the route and
+    # the host now gets traefik's 404.
+    helm("upgrade", "demo", CACHE_CHART, "-n", APPS, "-f", INGRESS_VALUES,
+         "--set", "spec.pod.antiAffinity=None", "--set", "spec.ingress.enabled=false")
+    await_condition("Ingress demo deleted by the operator", lambda: "NotFound" in k(
+        "get", "ingress", "-n", APPS, "demo", check=False).stderr, timeout=60, interval=0.2)
+    await_condition(f"no traefik router for Host({INGRESS_HOST})",
+                    lambda: not traefik_routers_for(INGRESS_HOST), timeout=60, interval=0.2)
+    status, _ = local_http("GET", traefik_ports()["web"], "/v1/ingress-greeting", INGRESS_HOST)
+    assert status == 404
 
 
 def test_11_uninstall_cache_release():

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the upstream binaries localk8s runs (etcd, the Kubernetes control plane,
-# kubectl, helm, CoreDNS), and the Prometheus tests/monitoring runs against it,
-# from the Go modules pinned in the go.mod beside each family directory here.
+# kubectl, helm, CoreDNS), the Prometheus tests/monitoring runs against it, and the ingress
+# controller the chart test runs in it (traefik), from the Go modules pinned in the go.mod
+# beside each family directory here.
 #
 #   tests/localk8s/upstream/build.sh OUT_DIR [NAME...]
 #
@@ -30,6 +31,7 @@ K8S_VERSION=v1.34.4
 HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.13.2
 PROMETHEUS_VERSION=3.16.0   # module github.com/prometheus/prometheus v0.316.0
+TRAEFIK_VERSION=v3.6.12
 
 k8s_major=${K8S_VERSION#v}; k8s_major=${k8s_major%%.*}
 k8s_minor=${K8S_VERSION#v*.}; k8s_minor=${k8s_minor%%.*}
@@ -55,6 +57,9 @@ PROMETHEUS_LDFLAGS=" -X github.com/prometheus/common/version.Version=$PROMETHEUS
 # Only the file, HTTP and Kubernetes service discoveries (Prometheus's own build tags): the
 # cloud ones would triple the binary and the build for nothing the tests use.
 PROMETHEUS_TAGS=remove_all_sd,enable_kubernetes_sd
+# As traefik's Makefile; the build date is the module's publication time (reproducible).
+TRAEFIK_LDFLAGS=" -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"
+TRAEFIK_LDFLAGS+=" -X github.com/traefik/traefik/v3/pkg/version.BuildDate=2026-03-26T09:54:04Z"
 
 # NAME | family dir | package | extra ldflags | build tags
 TARGETS=(
@@ -68,6 +73,7 @@ TARGETS=(
   "helm|helm|helm.sh/helm/v3/cmd/helm|$HELM_LDFLAGS"
   "coredns|coredns|kvcache.local/localk8s/upstream/coredns|$COREDNS_LDFLAGS"
   "prometheus|prometheus|github.com/prometheus/prometheus/cmd/prometheus|$PROMETHEUS_LDFLAGS|$PROMETHEUS_TAGS"
+  "traefik|traefik|github.com/traefik/traefik/v3/cmd/traefik|$TRAEFIK_LDFLAGS|"
 )
 
 # ---- select -------------------------------------------------------------------
