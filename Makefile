@@ -92,7 +92,7 @@ fuzz: build ## Fuzz record decoding and recovery for FUZZ_SECONDS (default 600)
 bench-persist: build ## PUT throughput by fsync mode, GET p99 during a snapshot (bench/persist.sh)
 	bench/persist.sh $(BUILD_DIR)/bin/kvcache-node
 
-localk8s: deps localk8s-bins ## Build only localk8s and the pinned upstream Kubernetes, etcd, CoreDNS, helm, Prometheus
+localk8s: deps localk8s-bins ## Build only localk8s and the pinned upstream Kubernetes, etcd, CoreDNS, helm, Prometheus, traefik
 
 # Incremental: build.sh skips every binary newer than its sources; go build relinks only when
 # an input changed.
