@@ -61,7 +61,11 @@ PROMETHEUS_TAGS=remove_all_sd,enable_kubernetes_sd
 TRAEFIK_LDFLAGS=" -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"
 TRAEFIK_LDFLAGS+=" -X github.com/traefik/traefik/v3/pkg/version.BuildDate=2026-03-26T09:54:04Z"
 
-# NAME | family dir | package | extra ldflags | build tags
+# Test-only tools (Prometheus, traefik) are compiled without optimisation: a quarter less
+# CPU on a cold machine (traefik: 527 s instead of 704 s), and the tests ask little of them.
+NOOPT="all=-N -l"
+
+# NAME | family dir | package | extra ldflags | build tags | gcflags
 TARGETS=(
   "etcd|etcd|kvcache.local/localk8s/upstream/etcd/cmd/etcd|"
   "etcdctl|etcd|go.etcd.io/etcd/etcdctl/v3|"
@@ -72,8 +76,8 @@ TARGETS=(
   "kubectl|kubernetes|k8s.io/kubernetes/cmd/kubectl|$K8S_LDFLAGS"
   "helm|helm|helm.sh/helm/v3/cmd/helm|$HELM_LDFLAGS"
   "coredns|coredns|kvcache.local/localk8s/upstream/coredns|$COREDNS_LDFLAGS"
-  "prometheus|prometheus|github.com/prometheus/prometheus/cmd/prometheus|$PROMETHEUS_LDFLAGS|$PROMETHEUS_TAGS"
-  "traefik|traefik|github.com/traefik/traefik/v3/cmd/traefik|$TRAEFIK_LDFLAGS|"
+  "prometheus|prometheus|github.com/prometheus/prometheus/cmd/prometheus|$PROMETHEUS_LDFLAGS|$PROMETHEUS_TAGS|$NOOPT"
+  "traefik|traefik|github.com/traefik/traefik/v3/cmd/traefik|$TRAEFIK_LDFLAGS||$NOOPT"
 )
 
 # ---- select -------------------------------------------------------------------
@@ -109,7 +113,7 @@ i=0
 t_all=$SECONDS
 for t in "${selected[@]}"; do
   i=$((i + 1))
-  IFS='|' read -r name fam pkg extra tags <<<"$t"
+  IFS='|' read -r name fam pkg extra tags gcflags <<<"$t"
   dir="$HERE/$fam"
   bin="$OUT/$name"
   if up_to_date "$bin" "$dir"; then
@@ -120,7 +124,7 @@ for t in "${selected[@]}"; do
   t0=$SECONDS
   tmp="$OUT/.$name.tmp.$$"
   cmd=(go build -mod=readonly -trimpath -buildvcs=false ${tags:+-tags "$tags"}
-       -ldflags "-s -w$extra" -o "$tmp" "$pkg")
+       ${gcflags:+-gcflags "$gcflags"} -ldflags "-s -w$extra" -o "$tmp" "$pkg")
   if ! (cd "$dir" && "${cmd[@]}"); then
     rm -f "$tmp"
     echo "build.sh: FAILED building $name in $dir:" >&2
