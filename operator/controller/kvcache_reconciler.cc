@@ -70,6 +70,19 @@ std::string StringAt(const Json& j, const Json::json_pointer& p) {
   return v.is_string() ? v.get<std::string>() : "";
 }
 
+// The shard a child (StatefulSet, PVC) carries in its kvcache.io/shard label; -1 without one.
+int ShardOf(const Json& child) {
+  std::string label = StringAt(child, "/metadata/labels/kvcache.io~1shard"_json_pointer);
+  return label.empty() ? -1 : std::atoi(label.c_str());
+}
+
+// Shards 0..spec.shards-1 missing from `layout` join it owning nothing; moves fill them.
+void AddMissingShards(const KVCacheSpec& spec, std::map<int, ShardLayout>* layout) {
+  for (int id = 0; id < spec.shards; ++id) {
+    if (!layout->count(id)) (*layout)[id] = {id, {}, PodName(spec, id, 0)};
+  }
+}
+
 struct PodInfo {
   std::string name;
   std::string ip;
@@ -250,10 +263,7 @@ ReconcileResult KVCacheReconciler::RunPass(Pass& pass) {
       pass.layout[id] = {id, slots, PodName(pass.spec, id, 0)};
     }
   }
-  // New shards join the layout owning nothing; moves fill them.
-  for (int id = 0; id < pass.spec.shards; ++id) {
-    if (!pass.layout.count(id)) pass.layout[id] = {id, {}, PodName(pass.spec, id, 0)};
-  }
+  AddMissingShards(pass.spec, &pass.layout);
   for (auto& [id, l] : pass.layout) {
     if (l.primary.empty()) l.primary = PodName(pass.spec, id, 0);
   }
@@ -415,8 +425,7 @@ Status KVCacheReconciler::ApplyChildren(Pass& pass) {
   if (!sets.ok()) return sets.status();
   std::set<int> with_statefulset;
   for (const Json& sts : sets->items) {
-    std::string shard_label = StringAt(sts, "/metadata/labels/kvcache.io~1shard"_json_pointer);
-    int shard = shard_label.empty() ? -1 : std::atoi(shard_label.c_str());
+    int shard = ShardOf(sts);
     with_statefulset.insert(shard);
     if (shard < 0 || keep.count(shard)) continue;
     std::string sts_name = sts["metadata"]["name"].get<std::string>();
@@ -460,8 +469,7 @@ Status KVCacheReconciler::ApplyChildren(Pass& pass) {
   if (!claims.ok()) return claims.status();
   for (const Json& pvc : claims->items) {
     std::string pvc_name = pvc["metadata"]["name"].get<std::string>();
-    std::string shard_label = StringAt(pvc, "/metadata/labels/kvcache.io~1shard"_json_pointer);
-    int shard = shard_label.empty() ? -1 : std::atoi(shard_label.c_str());
+    int shard = ShardOf(pvc);
     // Only once this KVCache has pushed a topology (epoch > 0): before that, a claim of a
     // shard outside the layout is kept data of an earlier KVCache of the same name, which
     // AdoptNodeLayout brings back.
@@ -474,7 +482,8 @@ Status KVCacheReconciler::ApplyChildren(Pass& pass) {
       metrics_.Write("delete");
       if (!s.ok() && s.code() != StatusCode::kNotFound) return s;
       Event(pass, "Normal", "StorageReclaimed",
-            "Deleted PersistentVolumeClaim " + pvc_name + " of drained shard " + shard_label);
+            "Deleted PersistentVolumeClaim " + pvc_name + " of drained shard " +
+                std::to_string(shard));
       continue;
     }
     std::string have = StringAt(pvc, "/spec/resources/requests/storage"_json_pointer);
@@ -578,9 +587,7 @@ void KVCacheReconciler::AdoptNodeLayout(Pass& pass) {
     pass.Requeue(options_.progress_interval);
     return;
   }
-  for (int id = 0; id < pass.spec.shards; ++id) {
-    if (!adopted.count(id)) adopted[id] = {id, {}, PodName(pass.spec, id, 0)};
-  }
+  AddMissingShards(pass.spec, &adopted);
   pass.layout = std::move(adopted);
   pass.epoch = topology->epoch;
   pass.topology_hash = TopologyHash(*topology);
