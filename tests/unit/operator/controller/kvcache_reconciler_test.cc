@@ -514,6 +514,29 @@ TEST(KVCacheReconciler, AdoptsTheLayoutItsNodesAlreadyHave) {
   EXPECT_TRUE(w.admin.Promoted().empty());
 }
 
+// A node whose topology cannot be adopted (another cluster's) is never overwritten.
+TEST(KVCacheReconciler, ForeignNodeTopologyIsReportedNotOverwritten) {
+  World w;
+  w.Create({{"shards", 1}, {"replicasPerShard", 0}});
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  w.RunPods();
+  protocol::Topology other;
+  other.cluster = "someone-else";
+  other.epoch = 9;
+  other.shards.resize(1);
+  other.shards[0].id = 0;
+  other.shards[0].slots = {{0, 16383}};
+  other.shards[0].primary = {"demo-0-0", World::Addr(0, 0)};
+  w.admin.At(World::Addr(0, 0)).topology = other;
+  w.admin.At(World::Addr(0, 0)).status.epoch = 9;
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  std::string reason;
+  EXPECT_EQ(w.Condition("Degraded", &reason), "True");
+  EXPECT_EQ(reason, "LayoutUnreadable");
+  EXPECT_EQ(w.admin.At(World::Addr(0, 0)).topology->cluster, "someone-else");
+  EXPECT_FALSE(w.HasEvent("TopologyChanged"));
+}
+
 TEST(KVCacheReconciler, ScaleDownDrainsTheShardBeforeDeletingItsStatefulSet) {
   World w;
   w.Create({{"shards", 3}, {"replicasPerShard", 0}});
