@@ -13,6 +13,7 @@
 #include "server/http_util.h"
 
 #include <algorithm>
+#include <iterator>
 #include <mutex>
 #include <thread>
 
@@ -380,58 +381,89 @@ class RequestHandler : public Http::Handler {
     return request;
   }
 
+  // What a fan-out round needs, owned: the request's views die with the handler call.
+  struct FanoutPlan {
+    std::string path;
+    ApiRequest local;  // this node's part (hop set); its path points into `path`
+    ForwardRequest remote;
+    std::vector<std::pair<std::string, std::string>> targets;  // name, address
+  };
+
   // Cluster mode, listing and flush: this node's own answer plus every other primary's (sent
-  // with the hop header), merged once the last one is in.
+  // with the hop header), merged once the last one is in. A listing that met a slot migration
+  // is asked a second time (NodeApi::ListingNeedsSecondRound) and both rounds are merged.
   void FanOut(const Http::Request& req, ApiRequest api_req,
               std::shared_ptr<Pistache::Tcp::Peer> peer, Framing framing,
               std::chrono::steady_clock::time_point started) {
-    const std::vector<const protocol::Member*> targets = api_->FanoutTargets();
-    ApiRequest local = api_req;
-    local.hop = true;
+    auto plan = std::make_shared<FanoutPlan>();
+    plan->path = std::string(api_req.path);
+    plan->local = std::move(api_req);
+    plan->local.path = plan->path;
+    plan->local.body = {};
+    plan->local.hop = true;
+    plan->remote = ForwardOf(req, plan->local);
+    for (const protocol::Member* target : api_->FanoutTargets()) {
+      plan->targets.emplace_back(target->name, target->addr);
+    }
+    auto answer = Deferred(peer, framing, plan->local.method, started);
+    const NodeApi* api = api_;
+    Forwarder* forwarder = forwarder_;
+    const bool listing = plan->path != "/flush";
+    auto after_first = [api, forwarder, plan, answer, listing](std::vector<ApiResponse> first) {
+      if (!listing || !NodeApi::ListingNeedsSecondRound(first)) {
+        answer(first.size() == 1 ? std::move(first.front())
+                                 : api->MergeFanout(plan->local, std::move(first)));
+        return;
+      }
+      auto after_second = [api, plan, answer,
+                           first = std::move(first)](std::vector<ApiResponse> second) mutable {
+        std::move(second.begin(), second.end(), std::back_inserter(first));
+        answer(api->MergeFanout(plan->local, std::move(first)));
+      };
+      FanOutRound(api, forwarder, plan, std::move(after_second));
+    };
+    FanOutRound(api, forwarder, plan, std::move(after_first));
+  }
+
+  // One round: this node's answer first, then every target's; `done` gets them all once the
+  // last is in (on the thread of the last answer).
+  static void FanOutRound(const NodeApi* api, Forwarder* forwarder,
+                          const std::shared_ptr<const FanoutPlan>& plan,
+                          std::function<void(std::vector<ApiResponse>)> done) {
     struct Gather {
       std::mutex mu;
       std::vector<ApiResponse> answers;
       size_t waiting = 0;
+      std::function<void(std::vector<ApiResponse>)> done;
     };
     auto gather = std::make_shared<Gather>();
-    gather->answers.push_back(api_->Handle(local));
-    gather->waiting = targets.size();
-    // What MergeFanout needs of the request, owned (api_req's views die with this call).
-    auto merged_request = std::make_shared<std::pair<std::string, std::optional<std::string>>>(
-        std::string(api_req.path), api_req.limit);
-    auto answer = Deferred(peer, framing, api_req.method, started);
-    const NodeApi* api = api_;
-    auto finish_one = [gather, answer, api, merged_request](ApiResponse one) {
-      std::vector<ApiResponse> all;
-      {
-        std::lock_guard lock(gather->mu);
-        gather->answers.push_back(std::move(one));
-        if (--gather->waiting > 0) return;
-        all = std::move(gather->answers);
-      }
-      ApiRequest merge_req;
-      merge_req.path = merged_request->first;
-      merge_req.limit = merged_request->second;
-      answer(api->MergeFanout(merge_req, std::move(all)));
-    };
-    if (targets.empty()) {
-      answer(std::move(gather->answers.front()));
+    gather->answers.reserve(plan->targets.size() + 1);
+    gather->answers.push_back(api->Handle(plan->local));
+    if (plan->targets.empty()) {
+      done(std::move(gather->answers));
       return;
     }
-    for (const protocol::Member* target : targets) {
-      const std::string name = target->name;
-      forwarder_->Forward(target->addr, ForwardOf(req, api_req),
-                          [finish_one, name](StatusOr<ForwardResponse> got) {
-                            ApiResponse one;
-                            if (!got.ok()) {
-                              one.code = 503;
-                              one.body = name + ": " + got.status().message();
-                            } else {
-                              one.code = got->code;
-                              one.body = std::move(got->body);
-                            }
-                            finish_one(std::move(one));
-                          });
+    gather->waiting = plan->targets.size();
+    gather->done = std::move(done);
+    for (const auto& [name, addr] : plan->targets) {
+      forwarder->Forward(addr, plan->remote, [gather, name](StatusOr<ForwardResponse> got) {
+        ApiResponse one;
+        if (!got.ok()) {
+          one.code = 503;
+          one.body = name + ": " + got.status().message();
+        } else {
+          one.code = got->code;
+          one.body = std::move(got->body);
+        }
+        std::vector<ApiResponse> all;
+        {
+          std::lock_guard lock(gather->mu);
+          gather->answers.push_back(std::move(one));
+          if (--gather->waiting > 0) return;
+          all = std::move(gather->answers);
+        }
+        gather->done(std::move(all));
+      });
     }
   }
 

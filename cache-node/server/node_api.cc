@@ -348,7 +348,13 @@ ApiResponse NodeApi::HandleList(const ApiRequest& req) const {
     if (!decoded) return Error(400, "cursor is not one this server returned");
     after = std::move(*decoded);
   }
+  // A migration that starts or ends while the store is listed counts too.
+  auto migration_routed = [&] {
+    return req.hop && migrations_ != nullptr && migrations_->routing_active();
+  };
+  bool migrating = migration_routed();
   ListResult listed = store_.List(prefix, after, *limit);
+  migrating = migrating || migration_routed();
   nlohmann::json body;
   body["keys"] = listed.keys;
   body["count"] = listed.keys.size();
@@ -357,6 +363,8 @@ ApiResponse NodeApi::HandleList(const ApiRequest& req) const {
   } else {
     body["cursor"] = nullptr;
   }
+  // For the fan-out only (see ListingNeedsSecondRound); MergeFanout does not pass it on.
+  if (migrating) body["migrating"] = true;
   ApiResponse r;
   r.code = 200;
   // Keys are bytes; ones that are not UTF-8 are shown with U+FFFD in their place.
@@ -460,6 +468,15 @@ std::vector<const protocol::Member*> NodeApi::FanoutTargets() const {
     if (shard.primary.name != cluster_->self_name()) targets.push_back(&shard.primary);
   }
   return targets;
+}
+
+bool NodeApi::ListingNeedsSecondRound(const std::vector<ApiResponse>& answers) {
+  for (const ApiResponse& a : answers) {
+    if (a.code != 200) continue;
+    nlohmann::json doc = nlohmann::json::parse(a.body, nullptr, false);
+    if (doc.is_object() && doc.contains("migrating") && doc["migrating"] == true) return true;
+  }
+  return false;
 }
 
 ApiResponse NodeApi::MergeFanout(const ApiRequest& req, std::vector<ApiResponse> answers) const {

@@ -98,6 +98,11 @@ class NodeApi {
   // in order under the request's limit, flush counts summed; any failed answer makes the whole
   // a 503 naming it (a flush may then have happened on some shards only).
   ApiResponse MergeFanout(const ApiRequest& request, std::vector<ApiResponse> answers) const;
+  // True if a listing fan-out's answers need a second round: one came from a slot migration's
+  // source. A key can leave the source after the target answered and before the source did,
+  // so it is in neither answer; asking every shard again and merging both rounds finds it
+  // (the target has every key the source deleted before its first answer).
+  static bool ListingNeedsSecondRound(const std::vector<ApiResponse>& answers);
 
   // Cluster mode: keys owned by other nodes are answered with forward_to set, and
   // PUT /internal/topology installs a newer topology, then calls `save` (to persist it; a

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "server/http_server.h"
@@ -214,6 +215,30 @@ TEST_F(MigrationTest, TargetServesForwardedKeysOnlyWhileRegistered) {
   EXPECT_EQ(target_api_->Handle(hop).code, 404);  // served here: the key does not exist
   // Slots the target does not import are still refused.
   EXPECT_FALSE(target_migrations_->Importing(9000));
+}
+
+TEST_F(MigrationTest, ASourceMarksItsFanoutListingWhileSlotsAreRouted) {
+  StartSource({});
+  for (const std::string& key : MovingKeys(3)) Put(source_store_, key, "v");
+  ApiRequest hop_list;
+  hop_list.method = HttpMethod::kGet;
+  hop_list.path = "/v1";
+  hop_list.hop = true;
+  auto answers = [&] {
+    return std::vector<ApiResponse>{source_api_->Handle(hop_list), target_api_->Handle(hop_list)};
+  };
+  std::vector<ApiResponse> before = answers();
+  ASSERT_EQ(before[0].code, 200);
+  EXPECT_FALSE(nlohmann::json::parse(before[0].body).contains("migrating"));
+  EXPECT_FALSE(NodeApi::ListingNeedsSecondRound(before));
+  ASSERT_TRUE(source_migrations_->Start(Request()).ok());
+  AwaitState(State::kDone);
+  // Until the topology flip, keys of the moved slots can have left the source after a
+  // target's answer: the fan-out asks again.
+  std::vector<ApiResponse> during = answers();
+  EXPECT_EQ(nlohmann::json::parse(during[0].body).value("migrating", false), true);
+  EXPECT_FALSE(nlohmann::json::parse(during[1].body).contains("migrating"));
+  EXPECT_TRUE(NodeApi::ListingNeedsSecondRound(during));
 }
 
 TEST_F(MigrationTest, AFailedMigrationKeepsRoutingAndResumesOnlyAsItWas) {

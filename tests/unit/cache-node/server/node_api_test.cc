@@ -196,6 +196,34 @@ TEST_F(NodeApiTest, ListPagesWithCursor) {
   EXPECT_EQ(Call(list).code, 400);
 }
 
+TEST_F(NodeApiTest, MergeFanoutUnitesBothRoundsOfAListing) {
+  auto answer = [](const char* body) {
+    ApiResponse r;
+    r.body = body;
+    return r;
+  };
+  // Round 1 missed "b" (it moved between the shards' answers); round 2 has it.
+  std::vector<ApiResponse> rounds = {
+      answer(R"({"keys": ["a", "c"], "count": 2, "cursor": null, "migrating": true})"),
+      answer(R"({"keys": [], "count": 0, "cursor": null})"),
+      answer(R"({"keys": ["a", "c"], "count": 2, "cursor": null, "migrating": true})"),
+      answer(R"({"keys": ["b"], "count": 1, "cursor": null})")};
+  EXPECT_TRUE(NodeApi::ListingNeedsSecondRound(rounds));
+  EXPECT_FALSE(NodeApi::ListingNeedsSecondRound({rounds[1], rounds[3]}));
+  ApiRequest list;
+  list.method = HttpMethod::kGet;
+  list.path = "/v1";
+  list.limit = "10";
+  auto merged = nlohmann::json::parse(api_.MergeFanout(list, rounds).body);
+  EXPECT_EQ(merged["keys"], nlohmann::json({"a", "b", "c"}));
+  EXPECT_TRUE(merged["cursor"].is_null());
+  EXPECT_FALSE(merged.contains("migrating"));
+  list.limit = "2";
+  merged = nlohmann::json::parse(api_.MergeFanout(list, rounds).body);
+  EXPECT_EQ(merged["keys"], nlohmann::json({"a", "b"}));
+  EXPECT_EQ(merged["cursor"], HexEncode("b"));
+}
+
 TEST_F(NodeApiTest, HealthAndReadiness) {
   EXPECT_EQ(Call(HttpMethod::kGet, "/healthz").code, 200);
   EXPECT_EQ(Call(HttpMethod::kGet, "/readyz").code, 200);
