@@ -482,9 +482,11 @@ class RequestHandler : public Http::Handler {
     auto answer = Deferred(peer, framing, api_req.method, started);
     std::string owner(out.owner);
     const int not_found_code = out.forward_not_found_code;
+    NodeMetrics* metrics = metrics_;
     forwarder_->Forward(
         out.forward_to->addr, std::move(request),
-        [answer, owner, not_found_code](StatusOr<ForwardResponse> got) {
+        [answer, owner, not_found_code, metrics](StatusOr<ForwardResponse> got) {
+          metrics->RecordForwarded(got.ok() ? got->code : 503);
           if (!got.ok()) {
             ApiResponse failed = JsonFailure(got.status(), "");
             failed.extra_headers.emplace_back("X-KVCache-Owner", owner);

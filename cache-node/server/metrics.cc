@@ -85,6 +85,10 @@ void NodeMetrics::RecordRequest(HttpMethod method, int code, std::chrono::nanose
   s.latency_ns[m].fetch_add(static_cast<uint64_t>(latency.count()), std::memory_order_relaxed);
 }
 
+void NodeMetrics::RecordForwarded(int code) {
+  stripes_[StripeIndex()].forwarded[CodeIndex(code)].fetch_add(1, std::memory_order_relaxed);
+}
+
 std::string NodeMetrics::Render() const {
   std::vector<MetricFamily> families = registry_->Collect();
 
@@ -138,6 +142,21 @@ std::string NodeMetrics::Render() const {
   }
   families.push_back(std::move(requests));
   families.push_back(std::move(latency));
+
+  MetricFamily forwarded = Family("kvcache_node_forwarded_requests_total",
+                                  "Requests passed to the owning shard's primary, by its answer "
+                                  "(503: the owner could not be reached).",
+                                  MetricType::Counter);
+  for (size_t c = 0; c <= kCodes.size(); ++c) {
+    uint64_t sum = 0;
+    for (int i = 0; i < kStripes; ++i) sum += stripes_[i].forwarded[c].load(std::memory_order_relaxed);
+    if (sum == 0) continue;
+    ClientMetric metric;
+    metric.label = {{"code", c < kCodes.size() ? std::to_string(kCodes[c]) : "other"}};
+    metric.counter.value = static_cast<double>(sum);
+    forwarded.metric.push_back(std::move(metric));
+  }
+  families.push_back(std::move(forwarded));
 
   const StoreStats stats = store_.Stats();
   struct Simple {

@@ -4,7 +4,7 @@
 // store figures are read from Store::Stats() at scrape time. prometheus-cpp builds the metric
 // families and serialises them, so the output is what promtool expects.
 //
-// Thread safety: RecordRequest() and Render() may be called concurrently from any thread.
+// Thread safety: RecordRequest(), RecordForwarded() and Render() may be called concurrently from any thread.
 #pragma once
 
 #include <array>
@@ -42,6 +42,9 @@ class NodeMetrics {
   ~NodeMetrics();
 
   void RecordRequest(HttpMethod method, int code, std::chrono::nanoseconds latency);
+  // A request passed to its owner (cluster mode), by the owner's status code; 503 when the
+  // owner could not be reached.
+  void RecordForwarded(int code);
 
   // Values another part reports at scrape time (one sample each, no labels).
   struct Sample {
@@ -63,6 +66,7 @@ class NodeMetrics {
     std::atomic<uint64_t> requests[kMethods][kCodes.size() + 1] = {};
     std::atomic<uint64_t> buckets[kMethods][kLatencyBuckets.size() + 1] = {};
     std::atomic<uint64_t> latency_ns[kMethods] = {};
+    std::atomic<uint64_t> forwarded[kCodes.size() + 1] = {};
   };
 
   void RenderPersistence(std::vector<prometheus::MetricFamily>& families) const;

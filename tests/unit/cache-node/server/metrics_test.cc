@@ -24,6 +24,22 @@ TEST(NodeMetrics, CountsRequestsByMethodAndCode) {
             std::string::npos);
 }
 
+TEST(NodeMetrics, CountsForwardedRequestsByTheOwnersAnswer) {
+  FakeClock clock;
+  Store store({}, clock);
+  NodeMetrics metrics(store, [] { return true; }, "test");
+  EXPECT_EQ(metrics.Render().find("kvcache_node_forwarded_requests_total{"), std::string::npos);
+  metrics.RecordForwarded(200);
+  metrics.RecordForwarded(200);
+  metrics.RecordForwarded(503);
+  std::string text = metrics.Render();
+  EXPECT_NE(text.find(R"(kvcache_node_forwarded_requests_total{code="200"} 2)"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find(R"(kvcache_node_forwarded_requests_total{code="503"} 1)"),
+            std::string::npos);
+}
+
 TEST(NodeMetrics, ExportsStoreFigures) {
   FakeClock clock;
   Store store({}, clock);
