@@ -111,8 +111,12 @@ def test_rbac_scope(scenario):
                                   "prometheusrules.monitoring.coreos.com"],
                 "verbs": ["get"]}
     assert crd_rule in cluster_rules
+    cluster_role = one(docs, "ClusterRole")["metadata"]["name"]
+    assert one(docs, "ClusterRoleBinding")["roleRef"]["name"] == cluster_role
     if values.get("rbac", {}).get("scope", "cluster") == "namespace":
         assert cluster_rules == [crd_rule]
+        # Cluster-scoped, so named per namespace: two releases of one name may coexist.
+        assert cluster_role.endswith("-kvcache-system"), cluster_role
         (watched,) = [r for n, r in roles.items() if not n.endswith("-leader-election")]
         assert watched["metadata"]["namespace"] == values["watchNamespace"]
         rules = watched["rules"]

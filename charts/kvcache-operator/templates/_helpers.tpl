@@ -69,6 +69,18 @@ app.kubernetes.io/component: operator
 {{- default .Release.Namespace .Values.watchNamespace -}}
 {{- end -}}
 
+{{/*
+The name of the ClusterRole and its binding. Namespace scope: suffixed with the release
+namespace, so releases of the same name in two namespaces do not claim the same objects.
+*/}}
+{{- define "kvcache-operator.clusterRoleName" -}}
+{{- if eq .Values.rbac.scope "namespace" -}}
+{{- printf "%s-%s" (include "kvcache-operator.fullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- include "kvcache-operator.fullname" . -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The name of the metrics Service (also used by the helm test). */}}
 {{- define "kvcache-operator.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "kvcache-operator.fullname" .) -}}

@@ -110,6 +110,8 @@ bad sync-none $'  replicasPerShard: 0\n  replication: {mode: sync}' |
 bad bad-eviction '  memory: {eviction: random}' | expect_refused "eviction enum" 'supported values: "lru", "lfu", "noeviction"'
 bad bad-limit '  memory: {limit: lots}' | expect_refused "memory.limit" 'spec.memory.limit in body should match'
 bad bad-size '  storage: {size: big}' | expect_refused "storage.size" 'storage.size must be a positive quantity'
+bad bad-pdb '  podDisruptionBudget: {maxUnavailable: 101}' |
+  expect_refused "pdb maxUnavailable" 'maxUnavailable in body should be less than or equal to 100'
 bad bad-field '  shardz: 3' | expect_refused "unknown field" 'unknown field "spec.shardz"'
 bad bad-ingress '  ingress: {enabled: true}' | expect_refused "ingress without host" 'ingress.enabled needs ingress.host'
 bad bad-nodeport '  service: {nodePort: 30080}' | expect_refused "nodePort on ClusterIP" 'service.nodePort is only valid'
