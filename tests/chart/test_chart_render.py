@@ -84,6 +84,16 @@ def test_deployment_is_restricted_with_probes_and_leader_election(scenario):
     else:
         assert not any(a.startswith("--namespace") for a in args)
     assert dep["spec"]["replicas"] == values.get("replicaCount", 1)
+    # Two or more replicas, no affinity given: spread over nodes where possible.
+    spread = pod.get("affinity", {}).get("podAntiAffinity", {}).get(
+        "preferredDuringSchedulingIgnoredDuringExecution", [])
+    if values.get("replicaCount", 1) > 1 and not values.get("affinity"):
+        (term,) = spread
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == \
+            dep["spec"]["selector"]["matchLabels"]
+    else:
+        assert not spread
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
