@@ -988,25 +988,36 @@ void KVCacheReconciler::StepTopology(Pass& pass) {
   }
   topology.epoch = pass.epoch;
 
+  // A failover's new primary goes first, so that a move it has to take over is running again
+  // before any other node routes a request to it.
+  std::vector<std::string> order;
+  const std::string new_primary =
+      pass.failover.is_object() ? pass.failover.value("newPrimary", "") : "";
+  if (pass.pods.count(new_primary)) order.push_back(new_primary);
+  for (const auto& [name, pod] : pass.pods) {
+    if (name != new_primary) order.push_back(name);
+  }
   int pushed = 0;
   bool answering_behind = false;  // a node that answers has not got the epoch
-  for (const auto& [name, pod] : pass.pods) {
-    if (!pod.running) continue;
+  for (const std::string& name : order) {
+    if (!pass.pods.at(name).running) continue;
     auto node = pass.nodes.find(name);
     if (node == pass.nodes.end()) {
       pass.topology_behind = true;  // running but not answering (yet, or its node is lost)
       continue;
     }
-    if (node->second.epoch >= pass.epoch) continue;
-    Status s = pass.admin->PutTopology(pass.NodeAddr(name), topology);
-    if (s.ok() || s.code() == StatusCode::kConflict) {
-      // Conflict: the node already has this epoch or newer (a push before a restart).
-      ++pushed;
-      node->second.epoch = std::max(node->second.epoch, pass.epoch);
-    } else {
-      pass.topology_behind = true;
-      answering_behind = true;
+    if (node->second.epoch < pass.epoch) {
+      Status s = pass.admin->PutTopology(pass.NodeAddr(name), topology);
+      if (s.ok() || s.code() == StatusCode::kConflict) {
+        // Conflict: the node already has this epoch or newer (a push before a restart).
+        ++pushed;
+        node->second.epoch = std::max(node->second.epoch, pass.epoch);
+      } else {
+        pass.topology_behind = true;
+        answering_behind = true;
+      }
     }
+    if (name == new_primary && node->second.epoch >= pass.epoch) ResumeMoveOnNewPrimary(pass);
   }
   if (pushed > 0) metrics_.TopologyPushed();
   if (pass.topology_behind) {
@@ -1021,6 +1032,42 @@ void KVCacheReconciler::StepTopology(Pass& pass) {
       pass.failover.value("epoch", uint64_t{0}) <= pass.epoch) {
     pass.failover = nullptr;
   }
+}
+
+// The new primary knows nothing of the move its shard was the source of (the move's state is
+// on the old primary's volume): keys already at the target would answer 404 there, and a
+// DELETE of one would miss the target's copy, until StepResharding restarted the move a few
+// passes later. So the same move (slots, target) starts again on it at once; it streams what
+// is still here and forwards what is not. Once per failover; a failure leaves the restart to
+// StepResharding.
+void KVCacheReconciler::ResumeMoveOnNewPrimary(Pass& pass) {
+  if (!pass.failover.is_object() || pass.failover.value("moveResumed", false)) return;
+  Json current = pass.resharding.is_object() ? pass.resharding.value("current", Json()) : Json();
+  if (!current.is_object() || current.value("source", -1) != pass.failover.value("shard", -2)) {
+    return;
+  }
+  const int target = current.value("target", -1);
+  StatusOr<std::vector<SlotRange>> slots = ParseSlots(current.value("slots", std::string()));
+  if (!slots.ok() || !pass.layout.count(target)) return;
+  pass.failover["moveResumed"] = true;
+  protocol::MigrationRequest request;
+  request.slots = *slots;
+  request.target_shard = target;
+  const std::string& target_primary = pass.layout[target].primary;
+  request.target = {target_primary, PodAddress(pass.spec, target_primary)};
+  const std::string new_primary = pass.failover.value("newPrimary", "");
+  StatusOr<protocol::MigrationStatus> started =
+      pass.admin->StartMigration(pass.NodeAddr(new_primary), request);
+  if (!started.ok() && started.status().code() != StatusCode::kConflict) {
+    Event(pass, "Warning", "MigrationFailed",
+          "Resuming the move of slots " + FormatSlots(*slots) + " on " + new_primary + ": " +
+              started.status().ToString() + "; it starts again once the failover is over");
+    return;
+  }
+  Event(pass, "Normal", "MigrationResumed",
+        "Shard " + std::to_string(current.value("source", -1)) + "'s new primary " +
+            new_primary + " took over the move of slots " + FormatSlots(*slots) + " to shard " +
+            std::to_string(target));
 }
 
 Status KVCacheReconciler::WriteStatus(Pass& pass) {

@@ -107,6 +107,9 @@ class KVCacheReconciler {
   bool SwitchOver(Pass& pass, int id, const std::string& why);
   bool TopologySettled(const Pass& pass) const;
   void StepTopology(Pass& pass);
+  // A failover of the current move's source: restarts that move on the new primary once it has
+  // the topology naming it, before the other nodes route to it (called from StepTopology).
+  void ResumeMoveOnNewPrimary(Pass& pass);
   Status WriteStatus(Pass& pass);
   ReconcileResult Finalize(Pass& pass);
   void Event(Pass& pass, std::string_view type, std::string_view reason, const std::string& msg);

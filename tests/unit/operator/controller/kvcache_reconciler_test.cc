@@ -607,6 +607,60 @@ TEST(KVCacheReconciler, ReshardResumesWithANewReconcilerMidMigration) {
   EXPECT_NEAR(OwnedSlots(w.Status(), 1), 8192, 1);
 }
 
+// The source's primary of a streaming move fails: its new primary takes the same move over in
+// the failover's own pass, before any other node has the topology that routes to it (else moved
+// keys answer 404 there, and a DELETE of one misses the target's copy).
+TEST(KVCacheReconciler, ANewSourcePrimaryTakesOverTheMoveBeforeOthersRouteToIt) {
+  World w;
+  w.admin.migration_polls = 1000;  // the move streams until the test lets it finish
+  w.Create({{"shards", 1}, {"replicasPerShard", 1}, {"failover", {{"timeoutSeconds", 1}}}});
+  w.RunPods();
+  w.Converge();
+  w.PatchSpec({{"shards", 2}});
+  for (int i = 0; i < 10 && !w.Status()["resharding"].contains("current"); ++i) {
+    ASSERT_TRUE(w.Reconcile().status.ok());
+    w.RunPods();
+  }
+  ASSERT_TRUE(w.Status()["resharding"].contains("current"));
+  const std::vector<protocol::MigrationRequest> first = w.admin.Started();
+  ASSERT_EQ(first.size(), 1u);
+
+  w.stopped.insert("demo-0-0");
+  w.not_ready.insert("demo-0-0");
+  w.RunPods();
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  w.clock.Advance(seconds(2));
+  uint64_t others_epoch_at_start = 0;
+  w.admin.on_start = [&](const protocol::MigrationRequest&) {
+    others_epoch_at_start = w.admin.At(World::Addr(1, 0)).status.epoch;
+  };
+  const uint64_t epoch_before = w.admin.At(World::Addr(1, 0)).status.epoch;
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  ASSERT_EQ(w.admin.Promoted(), std::vector<std::string>{"demo-0-1"});
+  const std::vector<protocol::MigrationRequest> started = w.admin.Started();
+  ASSERT_EQ(started.size(), 2u);
+  EXPECT_EQ(started[1].slots, first[0].slots);
+  EXPECT_EQ(started[1].target_shard, first[0].target_shard);
+  EXPECT_EQ(started[1].target.name, first[0].target.name);
+  EXPECT_EQ(others_epoch_at_start, epoch_before) << "the move ran again before others routed";
+  EXPECT_GT(w.admin.At(World::Addr(1, 0)).status.epoch, epoch_before);
+  EXPECT_EQ(w.admin.At(World::Addr(0, 1)).status.migration.state,
+            protocol::MigrationStatus::State::kStreaming);
+  EXPECT_TRUE(w.HasEvent("MigrationResumed"));
+
+  // Once: later passes follow the move on the new primary and finish the reshard (after the
+  // old primary is back as a replica: moves wait for a settled cluster).
+  w.admin.migration_polls = 0;
+  w.admin.At(World::Addr(0, 1)).polls_left = 0;
+  w.stopped.clear();
+  w.not_ready.clear();
+  w.RunPods();
+  w.Converge(60);
+  EXPECT_EQ(w.admin.Started().size(), 2u);
+  EXPECT_FALSE(w.Status().contains("resharding"));
+  EXPECT_NEAR(OwnedSlots(w.Status(), 1), 8192, 1);
+}
+
 TEST(KVCacheReconciler, FailedMigrationIsReportedAndRetried) {
   World w;
   w.Create({{"shards", 1}, {"replicasPerShard", 0}});
