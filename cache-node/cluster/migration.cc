@@ -103,6 +103,18 @@ StatusOr<MigrationStatus> Migrations::Start(const protocol::MigrationRequest& re
   }
 
   std::unique_lock lock(mu_);
+  if (record_ && !record_->finished && record_->status.state == State::kFailed) {
+    // A move this node failed at as a primary that was replaced (it came back fenced): the
+    // new primary took the move over, and the topology has given its slots away since. Kept,
+    // the record would refuse every later move from this shard once this node leads it again.
+    const SlotSet recorded = SlotSet::FromRanges(record_->request.slots);
+    if (recorded.Minus(SlotSet::OwnedBy(routing->owners, routing->self_shard)) == recorded) {
+      record_->finished = true;
+      route_.store(nullptr, std::memory_order_release);
+      log_("Dropped the failed migration of slots " + recorded.Describe() +
+           ": this shard no longer owns any of them");
+    }
+  }
   if (record_ && !record_->finished) {
     const MigrationStatus& now = record_->status;
     const std::string what = "the migration of slots " +

@@ -298,10 +298,10 @@ def scale(cluster, ns, shards, n_keys, cache, digest, keys, mid_reshard=None):
 
 
 def test_scale_shards_keeps_every_key(cluster, namespace):
-    """spec.shards 3 -> 4 -> 2 moves slots while the checksum of every key stays the same,
+    """spec.shards 3 -> 5 -> 2 moves slots while the checksum of every key stays the same,
     the listing stays exact and every shard owns keys."""
     ns = namespace
-    # 500 keys/s per moving source: the 4 -> 2 reshard (1500 keys) lasts seconds, long enough
+    # 500 keys/s per moving source: the 5 -> 2 reshard (1800 keys) lasts seconds, long enough
     # to delete the operator pod in the middle of it.
     apply(cluster, ns, sample(replicasPerShard=0, resharding={"maxKeysPerSecond": 500}))
     wait_converged(cluster, ns)
@@ -311,7 +311,7 @@ def test_scale_shards_keeps_every_key(cluster, namespace):
     keys = write_keys(cache, n)
     log(f"wrote {n} keys in {time.monotonic() - t0:.1f}s")
     digest = checksum(cache, keys)
-    scale(cluster, ns, 4, n, cache, digest, keys)
+    scale(cluster, ns, 5, n, cache, digest, keys)
 
     def delete_operator_pod():
         """The operator pod goes mid-reshard: its Deployment's next pod takes the Lease and
@@ -372,6 +372,61 @@ class Writer(threading.Thread):
         assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
 
 
+def kill_and_keep_down(cluster, ns, pod):
+    """SIGKILLs pod's process, waits for its restart and kills it again: the kubelet's 10 s
+    back-off then keeps it down longer than failover.timeoutSeconds 3 (a restart alone is
+    quicker). Returns the time of the second kill."""
+    def restarts():
+        got = cluster.get_json("pod", "-n", ns, pod)
+        return sum(c.get("restartCount", 0) for c in got["status"].get("containerStatuses", []))
+    before = restarts()
+    cluster.kill_pod(ns, pod)
+    await_condition(f"{pod} restarted", lambda: restarts() > before, timeout=60)
+    t_kill = time.monotonic()
+    cluster.kill_pod(ns, pod)
+    return t_kill
+
+
+class Reader(threading.Thread):
+    """GETs keys whose values it knows through the Service, each over a new connection (so
+    every node answers some); a 404 or another value is a wrong answer, a 503 or a connection
+    error is not (clients retry those)."""
+
+    def __init__(self, host, keys):
+        super().__init__(daemon=True)
+        self.host, self.keys = host, keys
+        self.reads, self.retried, self.wrong = 0, 0, []
+        self.stop = threading.Event()
+
+    def run(self):
+        items = list(self.keys.items())
+        i = 0
+        while not self.stop.is_set():
+            key, value = items[i % len(items)]
+            i += 1
+            cache = Cache(self.host, timeout=5)
+            try:
+                status, body, _ = cache.get(key)
+            except (OSError, http.client.HTTPException):
+                self.retried += 1
+                continue
+            finally:
+                cache.close()
+            if status == 503:
+                self.retried += 1
+                time.sleep(0.05)
+                continue
+            self.reads += 1
+            if (status, body) != (200, value):
+                self.wrong.append((key, status, body[:40]))
+
+    def finish(self):
+        self.stop.set()
+        self.join(timeout=30)
+        log(f"reader: {self.reads} reads, {self.retried} retried (503 or connection error), "
+            f"{len(self.wrong)} wrong {self.wrong[:5]}")
+
+
 def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(cluster, namespace):
     """replication sync, 2 shards x 1 replica; a writer runs throughout. The primary of shard
     0 is SIGKILLed twice (the second restart waits out the kubelet's 10 s back-off, longer than
@@ -387,14 +442,8 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(cluster, 
     writer.start()
     await_condition("writes acknowledged", lambda: len(writer.acked) >= 200, timeout=60)
 
-    def restarts():
-        pod = cluster.get_json("pod", "-n", ns, old)
-        return sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
     t_first_kill = time.monotonic()
-    cluster.kill_pod(ns, old)
-    await_condition(f"{old} restarted", lambda: restarts() >= 1, timeout=60)
-    t_kill = time.monotonic()
-    cluster.kill_pod(ns, old)
+    t_kill = kill_and_keep_down(cluster, ns, old)
     acked_at_kill = len(writer.acked)
 
     def promoted():
@@ -415,6 +464,60 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(cluster, 
     writer.finish_and_check(service_ip(cluster, ns))
     events = [e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]]
     assert "PrimaryFailedOver" in events, sorted(set(events))
+
+
+def test_failover_of_a_moves_source_hands_the_move_over(cluster, namespace):
+    """2 shards x 1 replica (sync), 2000 keys; spec.shards 2 -> 3 throttled to 20 keys/s per
+    source, so a move streams for many seconds. The primary of the streaming move's source is
+    SIGKILLed (and kept down): its replica is promoted and takes the move over in the same pass
+    (MigrationResumed), before any other node routes to it. A reader GETs the keys through the
+    Service throughout: no 404 for a key that was moved before the failover (at most 3, for the
+    few milliseconds between promotion and hand-over); the reshard completes with every key
+    intact and the old primary back as a replica."""
+    ns = namespace
+    apply(cluster, ns, sample(shards=2, replication={"mode": "sync"},
+                              failover={"timeoutSeconds": 3},
+                              resharding={"maxKeysPerSecond": 20}))
+    wait_converged(cluster, ns)
+    host = service_ip(cluster, ns)
+    cache = Cache(host)
+    keys = write_keys(cache, 2000, prefix="m")
+    digest = checksum(cache, keys)
+    reader = Reader(host, keys)
+    reader.start()
+    cluster.kubectl("patch", "kvc", "demo", "-n", ns, "--type=merge",
+                    "-p", '{"spec":{"shards":3}}')
+
+    def streaming():
+        current = (get_kvc(cluster, ns)["status"].get("resharding") or {}).get("current") or {}
+        return current if current.get("keysMoved", 0) > 0 else None
+    current = await_condition("a move streaming", streaming, timeout=180, interval=0.2)
+    source = current["source"]
+    shard = next(s for s in get_kvc(cluster, ns)["status"]["shards"] if s["id"] == source)
+    old, replica = shard["primary"], shard["replicas"][0]
+    log(f"killing {old}, the source of the move of slots {current['slots']} "
+        f"({current['keysMoved']} keys moved)")
+    kill_and_keep_down(cluster, ns, old)
+
+    def handed_over():
+        status = get_kvc(cluster, ns)["status"]
+        shard = next(s for s in status["shards"] if s["id"] == source)
+        return shard["primary"] == replica
+    await_condition(f"{replica} promoted", handed_over, timeout=90,
+                    progress=lambda: summary(get_kvc(cluster, ns)))
+    kvc, _ = wait_converged(
+        cluster, ns, timeout=300,
+        check=lambda k: len(k["status"]["shards"]) == 3 and "resharding" not in k["status"]
+        and k["status"].get("readyNodes") == 6)
+    reader.finish()
+    events = [e["reason"] for e in cluster.get_json("events", "-n", ns)["items"]]
+    assert "MigrationResumed" in events, sorted(set(events))
+    assert reader.reads > 200, reader.reads
+    assert len(reader.wrong) <= 3, reader.wrong[:10]
+    shard = next(s for s in kvc["status"]["shards"] if s["id"] == source)
+    assert old in shard["replicas"], kvc["status"]["shards"]
+    assert checksum(cache, keys) == digest, "checksum changed across the failover mid-move"
+    assert sorted(cache.list_keys()) == sorted(keys)
 
 
 def test_optional_children_and_day2_changes(cluster, namespace):

@@ -270,6 +270,32 @@ TEST_F(MigrationTest, AFailedMigrationKeepsRoutingAndResumesOnlyAsItWas) {
   EXPECT_EQ(resumed->keys_moved, 10u);
 }
 
+// The node failed a move as a primary that was replaced; the new primary finished it and the
+// slots went to the target. Leading its shard again later, it starts other moves.
+TEST_F(MigrationTest, AFailedMoveWhoseSlotsWereGivenAwayDoesNotBlockTheNext) {
+  MigrationOptions options;
+  options.give_up_after = std::chrono::milliseconds(200);
+  options.on_acknowledged = [&](const ImportBatch&) { target_server_->Shutdown(); };
+  StartSource(std::move(options));
+  for (const std::string& key : MovingKeys(25)) Put(source_store_, key, "v");
+  ASSERT_TRUE(source_migrations_->Start(Request()).ok());
+  AwaitState(State::kFailed);
+  protocol::MigrationRequest next = Request();
+  next.slots = {{8192, 9000}};
+  EXPECT_EQ(source_migrations_->Start(next).status().code(), StatusCode::kConflict)
+      << "slots 0-8191 are still this shard's: the failed move must be resumed first";
+
+  protocol::Topology flipped = source_view_.current()->topology;
+  flipped.epoch = 2;
+  flipped.shards[0].slots = {{8192, 16383}};
+  flipped.shards[1].slots = {{0, 8191}};
+  ASSERT_TRUE(source_view_.Update(flipped).ok());
+  StatusOr<protocol::MigrationStatus> started = source_migrations_->Start(next);
+  ASSERT_TRUE(started.ok()) << started.status().message();
+  EXPECT_EQ(started->state, State::kStreaming);
+  EXPECT_EQ(started->slots, next.slots);
+}
+
 TEST_F(MigrationTest, RefusesBadRequests) {
   StartSource({});
   protocol::MigrationRequest foreign = Request();
