@@ -286,7 +286,8 @@ int Run(int argc, char** argv) {
       ->envname("KVCACHE_MIGRATION_BATCH_BYTES")
       ->capture_default_str();
   app.add_option("--migration-max-keys-per-second", flags.migration_max_keys_per_second,
-                 "Slot migration (source): at most this many keys per second (0: no limit)")
+                 "Slot migration (source): at most this many keys per second, sent in batches "
+                 "of a tenth of it at most (0: no limit)")
       ->envname("KVCACHE_MIGRATION_MAX_KEYS_PER_SECOND")
       ->capture_default_str();
   app.add_option("--replication", flags.replication,

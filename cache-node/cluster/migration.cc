@@ -313,15 +313,22 @@ StatusOr<uint64_t> Migrations::StreamPass() {
   keys_remaining_.store(total, std::memory_order_relaxed);
   uint64_t found = 0;
   RatePacer pacer(options_.max_keys_per_second);
+  // Paced: batches of a tenth of a second's keys, so the rate holds within the second instead
+  // of one batch of up to batch_keys going at once and the pause coming after it.
+  size_t batch_keys = options_.batch_keys;
+  if (options_.max_keys_per_second > 0) {
+    batch_keys = static_cast<size_t>(std::clamp<uint64_t>(options_.max_keys_per_second / 10, 1,
+                                                          options_.batch_keys));
+  }
   std::vector<std::string> pending;
   for (size_t shard = 0; shard < store_.shard_count(); ++shard) {
     store_.VisitShard(shard,
                       [&](std::string_view key, std::string_view, std::string_view, int64_t) {
                         if (slots_.Contains(protocol::KeySlot(key))) pending.emplace_back(key);
                       });
-    while (pending.size() >= options_.batch_keys ||
+    while (pending.size() >= batch_keys ||
            (shard + 1 == store_.shard_count() && !pending.empty())) {
-      const size_t n = std::min(pending.size(), options_.batch_keys);
+      const size_t n = std::min(pending.size(), batch_keys);
       std::vector<std::string> batch(std::make_move_iterator(pending.begin()),
                                      std::make_move_iterator(pending.begin() + n));
       pending.erase(pending.begin(), pending.begin() + n);

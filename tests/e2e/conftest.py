@@ -58,7 +58,11 @@ def cluster():
         log(f"localk8s ready in {time.monotonic() - t0:.1f}s; helm install {e2elib.RELEASE}")
         t1 = time.monotonic()
         # Resync every 10 s, so that the zero-writes test sees several periodic reconciles.
-        lk.install_operator(extra=("--set", "extraArgs[0]=--resync-seconds=10"))
+        try:
+            lk.install_operator(extra=("--set", "extraArgs[0]=--resync-seconds=10"))
+        except AssertionError:
+            dump_install(lk)
+            raise
         log(f"operator installed and ready in {time.monotonic() - t1:.1f}s")
         yield lk
     finally:
@@ -95,6 +99,19 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+def dump_install(cluster):
+    """What a failed operator install leaves for diagnosis: nodes, every pod, the operator's
+    pods described, events, and its log."""
+    for args in (("get", "nodes", "-o", "wide"),
+                 ("get", "pods", "-A", "-o", "wide"),
+                 ("describe", "pods", "-n", e2elib.OPERATOR_NS),
+                 ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+                 ("logs", "-n", e2elib.OPERATOR_NS, "deployment/" + e2elib.RELEASE,
+                  "--tail=80")):
+        out = cluster.kubectl(*args, check=False)
+        log(f"---- kubectl {' '.join(args)}\n{out.stdout}{out.stderr}")
 
 
 def dump(cluster, ns):

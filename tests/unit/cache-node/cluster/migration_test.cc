@@ -5,7 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <thread>
 
 #include "server/http_server.h"
@@ -137,6 +139,21 @@ TEST_F(MigrationTest, MovesEveryKeyWithItsContentTypeAndExpiry) {
   }
   // A second migration waits for the topology flip first.
   EXPECT_EQ(source_migrations_->Start(Request()).status().code(), StatusCode::kConflict);
+}
+
+TEST_F(MigrationTest, APacedMoveSendsATenthOfASecondsKeysPerBatch) {
+  MigrationOptions options;
+  // Batches of 6 at most, below batch_keys (10 here); 30 keys fit the first second's burst.
+  options.max_keys_per_second = 60;
+  std::vector<size_t> sizes;
+  options.on_acknowledged = [&](const ImportBatch& batch) { sizes.push_back(batch.entries.size()); };
+  StartSource(std::move(options));
+  for (const std::string& key : MovingKeys(30)) Put(source_store_, key, "v");
+  ASSERT_TRUE(source_migrations_->Start(Request()).ok());
+  AwaitState(State::kDone);
+  ASSERT_FALSE(sizes.empty());
+  EXPECT_EQ(*std::max_element(sizes.begin(), sizes.end()), 6u);
+  EXPECT_EQ(std::accumulate(sizes.begin(), sizes.end(), size_t{0}), 30u);
 }
 
 TEST_F(MigrationTest, AKeyWrittenWhileInFlightStaysAndIsSentAgain) {
