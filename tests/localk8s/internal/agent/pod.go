@@ -438,6 +438,7 @@ func (pr *podRuntime) runContainer(c *ctrRuntime) bool {
 			}
 			continue
 		}
+		mounts = append(mounts, ProgramMounts(program)...)
 		if c.spec.TerminationMessagePath != "" {
 			tm := filepath.Join(pr.dir, "termination", c.spec.Name)
 			os.MkdirAll(filepath.Dir(tm), 0o755)

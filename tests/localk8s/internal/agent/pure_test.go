@@ -492,6 +492,19 @@ func TestBwrapArgs(t *testing.T) {
 	if strings.Contains(args, "--ro-bind-try /tmp") || strings.Contains(args, "--ro-bind-try /proc") || strings.Contains(args, "--ro-bind-try /run /run") {
 		t.Errorf("special or expanded dirs bound: %s", args)
 	}
+	// A program below /tmp (a build there): bound read-only, its directories made 0755 on the
+	// sandbox's own tmpfs although they exist on the host (bwrap would make them 0700, and a
+	// non-root container could not reach the program).
+	fs["/tmp/ci"], fs["/tmp/ci/bin"], fs["/tmp/ci/bin/prog"] = "dir", "dir", "file"
+	if got := ProgramMounts("/usr/bin/prog"); len(got) != 0 {
+		t.Errorf("a program the host root shows is bound again: %v", got)
+	}
+	spec.Mounts = ProgramMounts("/tmp/ci/bin/prog")
+	args = strings.Join(BwrapArgs(fs, spec), " ")
+	if want := "--tmpfs /tmp --ro-bind /s/hosts /etc/hosts --ro-bind /s/resolv /etc/resolv.conf " +
+		"--perms 0755 --dir /tmp/ci --perms 0755 --dir /tmp/ci/bin --ro-bind /tmp/ci/bin/prog /tmp/ci/bin/prog"; !strings.Contains(args, want) {
+		t.Errorf("args lack %q: %s", want, args)
+	}
 }
 
 func TestFormatLogLines(t *testing.T) {

@@ -323,8 +323,13 @@ func BwrapArgs(fs hostFS, s SandboxSpec) []string {
 	for _, m := range mounts {
 		// bwrap would create missing parents with mode 0700: create them 0755 first
 		var missing []string
+		onTmp := onSandboxTmp(m.Target)
 		for a := filepath.Dir(m.Target); a != "/" && a != "."; a = filepath.Dir(a) {
-			if _, err := fs.Lstat(a); err == nil || sandboxSpecialDirs[a] {
+			if sandboxSpecialDirs[a] {
+				break
+			}
+			// Under /tmp (a fresh tmpfs in the sandbox) the host's directories do not exist.
+			if _, err := fs.Lstat(a); err == nil && !onTmp {
 				break
 			}
 			missing = append(missing, a)
@@ -347,6 +352,19 @@ func BwrapArgs(fs hostFS, s SandboxSpec) []string {
 	}
 	args = append(args, "--chdir", wd, "--")
 	return append(args, s.Argv...)
+}
+
+// onSandboxTmp reports whether p is below /tmp, which every sandbox gets as its own tmpfs.
+func onSandboxTmp(p string) bool { return strings.HasPrefix(filepath.Clean(p), "/tmp/") }
+
+// ProgramMounts is what a container needs to see its image's program: nothing when the host's
+// read-only root shows it already; a read-only bind of the file when it lives below /tmp (a
+// checkout or build directory there), which the sandbox's own tmpfs would hide.
+func ProgramMounts(program string) []Mount {
+	if !onSandboxTmp(program) {
+		return nil
+	}
+	return []Mount{{Source: program, Target: program, ReadOnly: true}}
 }
 
 func depth(p string) int {
