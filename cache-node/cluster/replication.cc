@@ -156,7 +156,17 @@ void Replication::OnTopologyLocked() {
   if (role() == protocol::Role::kPrimary) ReconcileSendersLocked();
 }
 
+Status Replication::PauseWrites(std::chrono::milliseconds pause) {
+  if (role() != protocol::Role::kPrimary) {
+    return FailedPreconditionError("this node is not a primary: nothing to hand over");
+  }
+  writes_paused_until_ms_.store(SteadyMs() + pause.count());
+  logger_("Writes paused for " + std::to_string(pause.count()) + " ms: handing the shard over");
+  return Status::Ok();
+}
+
 void Replication::BecomePrimaryLocked(uint64_t epoch, const std::string& why) {
+  writes_paused_until_ms_.store(0);
   RetireSendersLocked();
   replid_ = NewReplid();
   role_epoch_ = epoch;
@@ -279,6 +289,9 @@ Status Replication::CheckWritable() const {
       sender_count_.load() < static_cast<size_t>(options_.min_acks)) {
     return UnavailableError("sync replication needs " + std::to_string(options_.min_acks) +
                             " replica(s) and the topology names fewer");
+  }
+  if (SteadyMs() < writes_paused_until_ms_.load()) {
+    return UnavailableError("this primary is handing its shard over to a replica");
   }
   if (options_.lease.count() > 0 && sender_count_.load() > 0 &&
       SteadyMs() - last_replica_answer_ms_.load() > options_.lease.count()) {

@@ -108,6 +108,10 @@ class Replication {
   // Conflict if the epoch is not newer than the one the node knows; FailedPrecondition if no
   // topology names this node.
   kvcache::Status Promote(const protocol::PromoteRequest& request);
+  // POST /internal/step-down: as primary, refuses writes (CheckWritable: Unavailable) for
+  // `pause` while the replicas catch up, the first step of a planned switchover. The pause ends
+  // by itself or when the node takes a new role. FailedPrecondition if not primary.
+  kvcache::Status PauseWrites(std::chrono::milliseconds pause);
 
   // GET /internal/status (without `ready`, `keys` and `migration`, which the caller fills).
   protocol::NodeStatus Describe() const;
@@ -164,6 +168,7 @@ class Replication {
   std::atomic<bool> started_{false};
   std::atomic<size_t> sender_count_{0};
   std::atomic<int64_t> last_replica_answer_ms_{0};  // steady clock, any replica, this term
+  std::atomic<int64_t> writes_paused_until_ms_{0};  // steady clock; PauseWrites
   std::atomic<uint64_t> full_syncs_{0};
 
   // Replica state, guarded by apply_mu_ (atomics so status and metrics read it without).

@@ -124,6 +124,18 @@ StatusOr<PromoteRequest> ParsePromoteRequest(std::string_view text) {
   });
 }
 
+std::string EncodeStepDownRequest(const StepDownRequest& r) {
+  return json{{"pauseMs", r.pause_ms}}.dump();
+}
+
+StatusOr<StepDownRequest> ParseStepDownRequest(std::string_view text) {
+  return ParseWith<StepDownRequest>(text, "step-down request", [](const json& j) {
+    const uint64_t ms = j.at("pauseMs").get<uint64_t>();
+    if (ms < 1 || ms > 60000) throw std::invalid_argument("pauseMs must be 1 to 60000");
+    return StepDownRequest{static_cast<uint32_t>(ms)};
+  });
+}
+
 std::string EncodeMigrationRequest(const MigrationRequest& r) {
   return json{{"slots", SlotsJson(r.slots)},
               {"targetShard", r.target_shard},

@@ -7,6 +7,7 @@
 //   GET  /internal/topology          -> the node's installed Topology (404 when none)
 //   PUT  /internal/topology          body Topology -> {"epoch": N}
 //   POST /internal/promote           body PromoteRequest -> NodeStatus (now primary)
+//   POST /internal/step-down         body StepDownRequest -> NodeStatus (primary, writes paused)
 //   POST /internal/migrations        body MigrationRequest -> MigrationStatus (source primary)
 //   GET  /internal/migrations        -> MigrationStatus of the current or last migration
 //
@@ -57,6 +58,14 @@ struct PromoteRequest {
   bool operator==(const PromoteRequest&) const = default;
 };
 
+// A planned switchover's first step, on the primary: it refuses writes (503 + Retry-After) for
+// pause_ms while its replicas catch up, so the successor can be promoted with every write the
+// primary acknowledged. The pause ends by itself, or when the node stops being primary.
+struct StepDownRequest {
+  uint32_t pause_ms = 5000;  // 1..60000
+  bool operator==(const StepDownRequest&) const = default;
+};
+
 struct MigrationRequest {
   std::vector<SlotRange> slots;  // all owned by the receiving node's shard
   int target_shard = -1;
@@ -68,6 +77,8 @@ std::string EncodeNodeStatus(const NodeStatus& status);
 StatusOr<NodeStatus> ParseNodeStatus(std::string_view json);
 std::string EncodePromoteRequest(const PromoteRequest& request);
 StatusOr<PromoteRequest> ParsePromoteRequest(std::string_view json);
+std::string EncodeStepDownRequest(const StepDownRequest& request);
+StatusOr<StepDownRequest> ParseStepDownRequest(std::string_view json);
 std::string EncodeMigrationRequest(const MigrationRequest& request);
 StatusOr<MigrationRequest> ParseMigrationRequest(std::string_view json);
 std::string EncodeMigrationStatus(const MigrationStatus& status);
@@ -84,6 +95,9 @@ class AdminClient {
   virtual StatusOr<Topology> GetTopology(const std::string& addr) = 0;
   virtual Status PutTopology(const std::string& addr, const Topology& topology) = 0;
   virtual StatusOr<NodeStatus> Promote(const std::string& addr, const PromoteRequest& request) = 0;
+  // FailedPrecondition when the node is not a primary.
+  virtual StatusOr<NodeStatus> StepDown(const std::string& addr,
+                                        const StepDownRequest& request) = 0;
   virtual StatusOr<MigrationStatus> StartMigration(const std::string& addr,
                                                    const MigrationRequest& request) = 0;
   virtual StatusOr<MigrationStatus> GetMigration(const std::string& addr) = 0;

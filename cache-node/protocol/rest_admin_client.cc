@@ -84,6 +84,14 @@ StatusOr<NodeStatus> RestAdminClient::Promote(const std::string& addr,
   return ParseNodeStatus(*text);
 }
 
+StatusOr<NodeStatus> RestAdminClient::StepDown(const std::string& addr,
+                                               const StepDownRequest& request) {
+  const std::string body = EncodeStepDownRequest(request);
+  StatusOr<std::string> text = Call(addr, "POST", "/internal/step-down", &body);
+  if (!text.ok()) return text.status();
+  return ParseNodeStatus(*text);
+}
+
 StatusOr<MigrationStatus> RestAdminClient::StartMigration(const std::string& addr,
                                                           const MigrationRequest& request) {
   const std::string body = EncodeMigrationRequest(request);

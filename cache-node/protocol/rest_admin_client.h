@@ -37,6 +37,7 @@ class RestAdminClient final : public AdminClient {
   StatusOr<Topology> GetTopology(const std::string& addr) override;
   Status PutTopology(const std::string& addr, const Topology& topology) override;
   StatusOr<NodeStatus> Promote(const std::string& addr, const PromoteRequest& request) override;
+  StatusOr<NodeStatus> StepDown(const std::string& addr, const StepDownRequest& request) override;
   StatusOr<MigrationStatus> StartMigration(const std::string& addr,
                                            const MigrationRequest& request) override;
   StatusOr<MigrationStatus> GetMigration(const std::string& addr) override;

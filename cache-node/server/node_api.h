@@ -163,6 +163,8 @@ class NodeApi {
 
   // node_api_replication.cc
   std::optional<ApiResponse> HandleReplicationAdmin(const ApiRequest& request) const;
+  // GET /internal/status's answer. REQUIRES: replication set.
+  protocol::NodeStatus DescribeNode() const;
   // For a key of this node's own shard: nullopt to serve it here, else the answer (a forward
   // to the primary, a fenced or refused write).
   std::optional<ApiResponse> RouteOwnShard(const ApiRequest& request,

@@ -69,6 +69,14 @@ std::optional<ApiResponse> NodeApi::RouteOwnShard(const ApiRequest& req,
   return std::nullopt;
 }
 
+protocol::NodeStatus NodeApi::DescribeNode() const {
+  protocol::NodeStatus status = replication_->Describe();
+  status.ready = ready_() && replication_->CaughtUp();
+  status.keys = store_.Stats().keys;
+  if (migrations_ != nullptr) status.migration = migrations_->status();
+  return status;
+}
+
 std::optional<ApiResponse> NodeApi::HandleReplicationAdmin(const ApiRequest& req) const {
   if (req.path == "/internal/status") {
     if (req.method != HttpMethod::kGet && req.method != HttpMethod::kHead) {
@@ -76,13 +84,10 @@ std::optional<ApiResponse> NodeApi::HandleReplicationAdmin(const ApiRequest& req
       r.allow = "GET, HEAD";
       return r;
     }
-    protocol::NodeStatus status = replication_->Describe();
-    status.ready = ready_() && replication_->CaughtUp();
-    status.keys = store_.Stats().keys;
-    if (migrations_ != nullptr) status.migration = migrations_->status();
-    return JsonAnswer(200, protocol::EncodeNodeStatus(status));
+    return JsonAnswer(200, protocol::EncodeNodeStatus(DescribeNode()));
   }
-  if (req.path == "/internal/promote" || req.path == "/internal/replication") {
+  if (req.path == "/internal/promote" || req.path == "/internal/replication" ||
+      req.path == "/internal/step-down") {
     if (req.method != HttpMethod::kPost) {
       ApiResponse r = Refused(405, "method not allowed; allowed: POST");
       r.allow = "POST";
@@ -94,6 +99,13 @@ std::optional<ApiResponse> NodeApi::HandleReplicationAdmin(const ApiRequest& req
       if (code == 503) r.retry_after_seconds = 1;
       return r;
     }
+    if (req.path == "/internal/step-down") {
+      StatusOr<protocol::StepDownRequest> step = protocol::ParseStepDownRequest(req.body);
+      if (!step.ok()) return Refused(400, step.status().message());
+      Status st = replication_->PauseWrites(std::chrono::milliseconds(step->pause_ms));
+      if (!st.ok()) return Refused(HttpCodeFor(st.code()), st.message());
+      return JsonAnswer(200, protocol::EncodeNodeStatus(DescribeNode()));
+    }
     StatusOr<protocol::PromoteRequest> promote = protocol::ParsePromoteRequest(req.body);
     if (!promote.ok()) return Refused(400, promote.status().message());
     if (Status st = replication_->Promote(*promote); !st.ok()) {
@@ -103,11 +115,7 @@ std::optional<ApiResponse> NodeApi::HandleReplicationAdmin(const ApiRequest& req
       }
       return r;
     }
-    protocol::NodeStatus status = replication_->Describe();
-    status.ready = ready_() && replication_->CaughtUp();
-    status.keys = store_.Stats().keys;
-    if (migrations_ != nullptr) status.migration = migrations_->status();
-    return JsonAnswer(200, protocol::EncodeNodeStatus(status));
+    return JsonAnswer(200, protocol::EncodeNodeStatus(DescribeNode()));
   }
   return std::nullopt;
 }

@@ -5,6 +5,7 @@
 #include <ctime>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "controller/children.h"
 
@@ -756,6 +757,23 @@ void KVCacheReconciler::StepRollout(Pass& pass) {
   Event(pass, "Normal", "PodRestarted", "Restarted " + victim + " for the new pod template");
 }
 
+bool KVCacheReconciler::AwaitCaughtUp(Pass& pass, const std::string& primary,
+                                      const std::string& replica) {
+  // The primary's offset must also hold still between two looks: a write that passed its
+  // check just before the pause is numbered a moment later.
+  std::optional<uint64_t> last;
+  const int polls = static_cast<int>(options_.switchover_catch_up / kCatchUpPollInterval) + 2;
+  for (int i = 0; i < polls; ++i) {
+    StatusOr<NodeStatus> p = pass.admin->GetStatus(pass.NodeAddr(primary));
+    StatusOr<NodeStatus> r = pass.admin->GetStatus(pass.NodeAddr(replica));
+    if (!p.ok() || !r.ok()) return false;
+    if (last == p->applied_offset && r->applied_offset >= p->applied_offset) return true;
+    last = p->applied_offset;
+    std::this_thread::sleep_for(kCatchUpPollInterval);
+  }
+  return false;
+}
+
 bool KVCacheReconciler::SwitchOver(Pass& pass, int id, const std::string& why) {
   const KVCacheSpec& spec = pass.spec;
   ShardLayout& layout = pass.layout.at(id);
@@ -768,6 +786,21 @@ bool KVCacheReconciler::SwitchOver(Pass& pass, int id, const std::string& why) {
   }
   std::optional<std::string> chosen = ChoosePromotion(candidates);
   if (!chosen) return false;
+  // Planned, so nothing acknowledged is lost even with async replication: the primary stops
+  // taking writes first (clients get 503 + Retry-After), and the successor is promoted once it
+  // has applied all the primary wrote. Giving up leaves the pause to end by itself.
+  if (StatusOr<NodeStatus> paused =
+          pass.admin->StepDown(pass.NodeAddr(layout.primary), {kSwitchoverPauseMs});
+      !paused.ok()) {
+    pass.Degrade("SwitchoverFailed",
+                 "pausing writes on " + layout.primary + ": " + paused.status().ToString());
+    return false;
+  }
+  if (!AwaitCaughtUp(pass, layout.primary, *chosen)) {
+    pass.Degrade("SwitchoverFailed", *chosen + " did not catch up with " + layout.primary +
+                                         " while its writes were paused; trying again");
+    return false;
+  }
   uint64_t epoch = std::max(pass.MaxNodeEpoch(), pass.forced_epoch) + 1;
   StatusOr<NodeStatus> promoted = pass.admin->Promote(pass.NodeAddr(*chosen), {epoch});
   if (!promoted.ok()) {

@@ -65,6 +65,9 @@ struct ReconcilerOptions {
   std::chrono::milliseconds progress_interval{2000};
   // Resync period of a converged KVCache (catches node-side drift the watches do not see).
   std::chrono::milliseconds resync_interval{60000};
+  // A planned switchover: how long the successor may take to catch up with the paused primary
+  // before the pass gives up (the primary's pause, kSwitchoverPauseMs, is longer).
+  std::chrono::milliseconds switchover_catch_up{3000};
 };
 
 class KVCacheReconciler {
@@ -105,6 +108,11 @@ class KVCacheReconciler {
   // NodesPerShard) at a new epoch: the planned hand-over before a primary's pod goes. Returns
   // false (and records why in status) when no replica qualifies or the promotion fails.
   bool SwitchOver(Pass& pass, int id, const std::string& why);
+  // True once `replica` has applied everything `primary` (whose writes are paused) wrote:
+  // polls both every kCatchUpPollInterval for at most options_.switchover_catch_up.
+  bool AwaitCaughtUp(Pass& pass, const std::string& primary, const std::string& replica);
+  static constexpr uint32_t kSwitchoverPauseMs = 5000;
+  static constexpr std::chrono::milliseconds kCatchUpPollInterval{20};
   bool TopologySettled(const Pass& pass) const;
   void StepTopology(Pass& pass);
   // A failover of the current move's source: restarts that move on the new primary once it has

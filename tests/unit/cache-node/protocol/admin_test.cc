@@ -37,6 +37,13 @@ TEST(AdminCodec, MigrationRequestRoundTripsAndRefusesBadRanges) {
   }
 }
 
+TEST(AdminCodec, StepDownRoundTripsAndBoundsItsPause) {
+  EXPECT_EQ(ParseStepDownRequest(EncodeStepDownRequest({2500}))->pause_ms, 2500u);
+  for (const char* bad : {R"({"pauseMs":0})", R"({"pauseMs":60001})", R"({})", "[]"}) {
+    EXPECT_EQ(ParseStepDownRequest(bad).status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
 TEST(AdminCodec, PromoteNeedsAnEpochAndRoleNamesAreKnown) {
   EXPECT_EQ(ParsePromoteRequest(R"({"epoch":0})").status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ParsePromoteRequest(R"({"epoch":5})")->epoch, 5u);

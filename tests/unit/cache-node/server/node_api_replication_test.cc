@@ -3,6 +3,8 @@
 // (only a primary with replicas starts senders, and these primaries have none).
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 #include "server/node_api.h"
@@ -129,6 +131,25 @@ TEST_F(ReplicationApiTest, PrimaryDemotedByANewerTopologyStopsTakingWrites) {
   EXPECT_EQ(put.forward_to->name, "q");
   // Its listing and flush are its primary's business now.
   EXPECT_EQ(nlohmann::json::parse(Call(HttpMethod::kGet, "/v1", "", true).body)["count"], 0);
+}
+
+TEST_F(ReplicationApiTest, StepDownPausesAPrimarysWritesForAWhile) {
+  SetUpNode("p", OneShard(1, "p", {}));
+  EXPECT_EQ(Call(HttpMethod::kPost, "/internal/step-down", R"({"pauseMs": 0})").code, 400);
+  ApiResponse paused = Call(HttpMethod::kPost, "/internal/step-down", R"({"pauseMs": 300})");
+  ASSERT_EQ(paused.code, 200) << paused.body;
+  EXPECT_EQ(nlohmann::json::parse(paused.body)["role"], "primary");
+  ApiResponse refused = Call(HttpMethod::kPut, "/v1/k", "v");
+  EXPECT_EQ(refused.code, 503);
+  EXPECT_EQ(refused.retry_after_seconds, 1);
+  EXPECT_EQ(Call(HttpMethod::kGet, "/v1/k").code, 404) << "reads go on";
+  // The pause ends by itself (the operator may never come back to promote anyone).
+  std::this_thread::sleep_for(std::chrono::milliseconds(350));
+  EXPECT_EQ(Call(HttpMethod::kPut, "/v1/k", "v").code, 201);
+  // Only a primary has writes to pause.
+  ASSERT_TRUE(cluster_->Update(OneShard(2, "q", {"p"})).ok());
+  replication_->OnTopology();
+  EXPECT_EQ(Call(HttpMethod::kPost, "/internal/step-down", R"({"pauseMs": 300})").code, 412);
 }
 
 TEST_F(ReplicationApiTest, BatchesFromAnOldPrimaryAreFencedOverHttp) {

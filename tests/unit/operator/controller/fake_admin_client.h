@@ -93,6 +93,21 @@ class FakeAdminClient final : public protocol::AdminClient {
     promoted_.push_back(n->status.name);
     return n->status;
   }
+  // Records the step-down; the node stays primary (its writes are paused).
+  StatusOr<protocol::NodeStatus> StepDown(const std::string& addr,
+                                          const protocol::StepDownRequest&) override {
+    std::lock_guard lock(mu_);
+    ++calls_["step-down"];
+    Node* n = Find(addr);
+    if (n == nullptr) return UnavailableError("no node at " + addr);
+    if (n->status.role != protocol::Role::kPrimary) return FailedPreconditionError("not primary");
+    stepped_down_.push_back(n->status.name);
+    return n->status;
+  }
+  std::vector<std::string> SteppedDown() const {
+    std::lock_guard lock(mu_);
+    return stepped_down_;
+  }
   StatusOr<protocol::MigrationStatus> StartMigration(
       const std::string& addr, const protocol::MigrationRequest& request) override {
     std::lock_guard lock(mu_);
@@ -164,6 +179,7 @@ class FakeAdminClient final : public protocol::AdminClient {
   std::map<std::string, int> calls_;
   std::vector<std::pair<std::string, protocol::Topology>> pushes_;
   std::vector<std::string> promoted_;
+  std::vector<std::string> stepped_down_;
   std::vector<protocol::MigrationRequest> started_;
 };
 

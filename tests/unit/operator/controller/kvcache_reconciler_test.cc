@@ -27,7 +27,14 @@ Json KVCache(Json spec) {
 // controller" (RunPods) that turns StatefulSets into running pods and nodes.
 class World {
  public:
-  World() : kube(&clock), reconciler(kube, admin, clock, metrics, Recorder()) {}
+  World() : kube(&clock), reconciler(kube, admin, clock, metrics, Recorder(), Options()) {}
+
+  // Fake nodes never catch up by themselves: a switchover that waits for one gives up fast.
+  static ReconcilerOptions Options() {
+    ReconcilerOptions o;
+    o.switchover_catch_up = std::chrono::milliseconds(100);
+    return o;
+  }
 
   EventFn Recorder() {
     return [this](const Json&, std::string_view type, std::string_view reason,
@@ -358,6 +365,18 @@ TEST(KVCacheReconciler, ReplicaScaleInSwitchesOverBeforeRemovingThePrimary) {
   ASSERT_TRUE(w.Reconcile().status.ok());
   EXPECT_EQ((*w.kube.Peek(kinds::kStatefulSet, "prod", "demo-0"))["spec"]["replicas"], 3)
       << "the primary's pod stays until it hands over";
+  // The primary's writes are paused first; the successor is promoted only once it has applied
+  // everything the primary wrote (offset 50).
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(w.Reconcile().status.ok());
+    w.RunPods();
+    w.clock.Advance(seconds(2));
+  }
+  EXPECT_EQ(w.admin.Promoted(), std::vector<std::string>{"demo-0-2"}) << "not caught up yet";
+  ASSERT_FALSE(w.admin.SteppedDown().empty());
+  EXPECT_EQ(w.admin.SteppedDown().front(), "demo-0-2");
+  EXPECT_NE(w.Status().dump().find("did not catch up"), std::string::npos) << w.Status().dump(2);
+  w.admin.At(World::Addr(0, 0)).status.applied_offset = 50;
   w.Converge();
   EXPECT_EQ(w.admin.Promoted(), (std::vector<std::string>{"demo-0-2", "demo-0-0"}));
   EXPECT_EQ(w.Status()["shards"][0]["primary"], "demo-0-0");
