@@ -38,6 +38,9 @@ func startKubectl(t *testing.T, args ...string) (*exec.Cmd, <-chan string) {
 	}()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
+		// Closed before Wait: with nobody reading `lines` any more, a copy of kubectl's output
+		// into pw blocks, and Wait (which waits for that copy) would never return.
+		pr.Close()
 		_ = cmd.Wait()
 		pw.Close()
 	})
@@ -184,7 +187,10 @@ func TestKubectlAttach(t *testing.T) {
 	awaitPodReady(t, ns, "echo")
 	cmd := exec.Command(kubectlBin, "attach", "-i", "-n", ns, "pod/echo", "-c", "echo")
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	cmd.Stdin = strings.NewReader("hello attach\n")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
@@ -198,6 +204,17 @@ func TestKubectlAttach(t *testing.T) {
 		}
 		close(in)
 	}()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); pw.Close() })
+	// The line goes again every 2 s until echoed: once in CI a line written as kubectl started
+	// never reached the container (30 s without "got:"); a later one shows whether input
+	// reaches it at all. Ends when stdin is closed by the cleanup.
+	go func() {
+		for {
+			if _, err := io.WriteString(stdin, "hello attach\n"); err != nil {
+				return
+			}
+			time.Sleep(2 * time.Second)
+		}
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); stdin.Close(); pr.Close(); _ = cmd.Wait(); pw.Close() })
 	awaitLine(t, in, regexp.MustCompile(`^got: hello attach$`), 30*time.Second)
 }
