@@ -355,7 +355,10 @@ def stack(tmp_path_factory):
         cache.close()
         await_scrapes_after_load(prom, nodes)
         log(f"load scraped and rules evaluated: {time.monotonic() - t0:.1f}s")
-        node_text, operator_text = scrape(next(iter(nodes.values()))), scrape(operator)
+        # Every node's: the load's one connection reaches one pod, and only the pods that
+        # forwarded a request have kvcache_node_forwarded_requests_total.
+        node_text = "\n".join(scrape(addr) for addr in nodes.values())
+        operator_text = scrape(operator)
         yield {"prom": prom, "lk": lk, "nodes": nodes, "operator": operator,
                "kvc": kvc(), "node_exposition": node_text, "operator_exposition": operator_text,
                "known": set(exported_families(node_text)[1])
