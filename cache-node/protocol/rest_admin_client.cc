@@ -58,16 +58,23 @@ StatusOr<std::string> RestAdminClient::Call(const std::string& addr, const std::
   }
 }
 
-StatusOr<NodeStatus> RestAdminClient::GetStatus(const std::string& addr) {
-  StatusOr<std::string> text = Call(addr, "GET", "/internal/status", nullptr);
+namespace {
+
+// An admin call's answer, parsed by `parse`; the call's error as it is.
+template <typename T>
+StatusOr<T> Parsed(StatusOr<std::string> text, StatusOr<T> (*parse)(std::string_view)) {
   if (!text.ok()) return text.status();
-  return ParseNodeStatus(*text);
+  return parse(*text);
+}
+
+}  // namespace
+
+StatusOr<NodeStatus> RestAdminClient::GetStatus(const std::string& addr) {
+  return Parsed(Call(addr, "GET", "/internal/status", nullptr), ParseNodeStatus);
 }
 
 StatusOr<Topology> RestAdminClient::GetTopology(const std::string& addr) {
-  StatusOr<std::string> text = Call(addr, "GET", "/internal/topology", nullptr);
-  if (!text.ok()) return text.status();
-  return ParseTopology(*text);
+  return Parsed(Call(addr, "GET", "/internal/topology", nullptr), ParseTopology);
 }
 
 Status RestAdminClient::PutTopology(const std::string& addr, const Topology& topology) {
@@ -79,31 +86,23 @@ Status RestAdminClient::PutTopology(const std::string& addr, const Topology& top
 StatusOr<NodeStatus> RestAdminClient::Promote(const std::string& addr,
                                               const PromoteRequest& request) {
   const std::string body = EncodePromoteRequest(request);
-  StatusOr<std::string> text = Call(addr, "POST", "/internal/promote", &body);
-  if (!text.ok()) return text.status();
-  return ParseNodeStatus(*text);
+  return Parsed(Call(addr, "POST", "/internal/promote", &body), ParseNodeStatus);
 }
 
 StatusOr<NodeStatus> RestAdminClient::StepDown(const std::string& addr,
                                                const StepDownRequest& request) {
   const std::string body = EncodeStepDownRequest(request);
-  StatusOr<std::string> text = Call(addr, "POST", "/internal/step-down", &body);
-  if (!text.ok()) return text.status();
-  return ParseNodeStatus(*text);
+  return Parsed(Call(addr, "POST", "/internal/step-down", &body), ParseNodeStatus);
 }
 
 StatusOr<MigrationStatus> RestAdminClient::StartMigration(const std::string& addr,
                                                           const MigrationRequest& request) {
   const std::string body = EncodeMigrationRequest(request);
-  StatusOr<std::string> text = Call(addr, "POST", "/internal/migrations", &body);
-  if (!text.ok()) return text.status();
-  return ParseMigrationStatus(*text);
+  return Parsed(Call(addr, "POST", "/internal/migrations", &body), ParseMigrationStatus);
 }
 
 StatusOr<MigrationStatus> RestAdminClient::GetMigration(const std::string& addr) {
-  StatusOr<std::string> text = Call(addr, "GET", "/internal/migrations", nullptr);
-  if (!text.ok()) return text.status();
-  return ParseMigrationStatus(*text);
+  return Parsed(Call(addr, "GET", "/internal/migrations", nullptr), ParseMigrationStatus);
 }
 
 }  // namespace kvcache::protocol
