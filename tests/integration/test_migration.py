@@ -96,6 +96,15 @@ class Cluster:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def saved_migration(self, i):
+        """The migration status node i last wrote to its data directory (migration.json; the
+        node rewrites it at most once a second while streaming), or None before the first."""
+        path = self.tmp_path / f"node-{i}" / "data" / "migration.json"
+        try:
+            return json.loads(path.read_text())["status"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None  # not written yet, or caught between the node's write and its rename
+
     def local_keys(self, i):
         """The keys node i holds itself (a listing with the hop header is not fanned out)."""
         keys, cursor = [], None
@@ -219,8 +228,7 @@ def test_a_third_of_the_slots_move_to_a_new_shard_under_load(make_cluster):
             url = f"http://{c.addr(i % 3)}/v1/{k}"
             ttl = {"ttl": "3600"} if i % 5 == 0 else None
             assert s.put(url, data=v, params=ttl, headers={"Content-Type": ct}).status_code == 201
-        # Short-lived keys keep their absolute expiry across the move.
-        short_written = time.monotonic()
+        # Short-lived keys expire at the target too.
         for k in range(30):
             assert s.put(f"http://{c.addr(0)}/v1/short{k}", data="s",
                          params={"ttl": "6"}).status_code == 201
@@ -294,10 +302,12 @@ def test_a_third_of_the_slots_move_to_a_new_shard_under_load(make_cluster):
     held = c.local_keys(3)
     assert held and all(in_ranges(key_slot(k), moving) for k in held)
 
-    # TTLs kept their absolute expiry: the 6 s keys are gone soon after 6 s from writing.
+    # The moved 6 s keys expire at the target too. That they keep their absolute expiry (and
+    # do not start a new 6 s at the import) is checked on a fake clock by the unit test
+    # MigrationTest.MovesEveryKeyWithItsContentTypeAndExpiry: a wall-clock bound here measured
+    # how busy the machine was (this case failed at 26.6 s under a parallel build).
     wait_for(lambda: all(requests.get(f"http://{c.addr(3)}/v1/short{k}").status_code == 404
-                         for k in range(30)), timeout=20, interval=0.2, what="short keys expire")
-    assert time.monotonic() - short_written < 6 + 20
+                         for k in range(30)), timeout=60, interval=0.2, what="short keys expire")
 
 
 def test_a_migration_survives_a_source_restart(make_cluster):
@@ -313,16 +323,22 @@ def test_a_migration_survives_a_source_restart(make_cluster):
             assert s.put(f"http://{c.addr(0)}/v1/{k}", data=v).status_code == 201
     moving = (0, 8191)
     assert c.migrate(0, [moving], 1).status_code == 200
-    wait_for(lambda: c.migration(0)["keysMoved"] >= 300, timeout=30, what="some keys moved")
+    # The live count runs up to a second ahead of the one in migration.json, which is what a
+    # restart resumes from: wait until the saved one has passed 300.
+    wait_for(lambda: (c.saved_migration(0) or {}).get("keysMoved", 0) >= 300, timeout=30,
+             what="some keys moved and saved")
     assert metric(c.addr(0), "kvcache_node_migration_active") == 1
     assert metric(c.addr(0), "kvcache_node_migration_keys_remaining") > 0
 
     # SIGKILL mid-stream; the state file brings the migration back.
     c.nodes[0].proc.send_signal(signal.SIGKILL)
     c.nodes[0].proc.wait()
+    saved = c.saved_migration(0)
+    assert saved["state"] == "streaming", saved
     c.start(0, first)
     status = c.migration(0)
-    assert status["state"] == "streaming" and status["keysMoved"] >= 300, status
+    assert status["state"] == "streaming" and status["keysMoved"] >= saved["keysMoved"] >= 300, \
+        (status, saved)
     # Keys already at the target are found through the source at once.
     with requests.Session() as s:
         for k in list(data)[:300]:
