@@ -457,6 +457,17 @@ int Run(int argc, char** argv) {
   migration_options.batch_keys = flags.migration_batch_keys;
   migration_options.batch_bytes = std::max<uint64_t>(*migration_batch_bytes, 1);
   migration_options.max_keys_per_second = flags.migration_max_keys_per_second;
+  // A move ends when a pass over this store finds none of its slots' keys, which proves they
+  // are all at the target only once the data directory is recovered and the store is not part
+  // of a full sync (cluster/migration.h, step 5).
+  migration_options.store_complete = [&ready, &replication]() -> Status {
+    if (!ready.load()) return UnavailableError("this node is still recovering its data directory");
+    if (replication.HoldsPartialCopy()) {
+      return UnavailableError(
+          "this node holds only part of its shard (a full sync from its primary was cut off)");
+    }
+    return Status::Ok();
+  };
   Migrations migrations(store, cluster, forwarder, Env::Posix(), migration_options,
                         [](const std::string& line) { spdlog::info("{}", line); });
   if (Status loaded = migrations.Load(); !loaded.ok()) {

@@ -101,6 +101,12 @@ StatusOr<MigrationStatus> Migrations::Start(const protocol::MigrationRequest& re
                                 std::to_string(request.target_shard) + " (that is " +
                                 target_primary.name + ")");
   }
+  // Step 5 reads "no key of the slots here" as "all at the target". From a store that is not
+  // the whole shard (recovering, or part of a full sync) that would hand the slots over with
+  // keys never sent: the move the operator hands to a new primary after a failover hit this.
+  if (Status whole = CheckStoreComplete(); !whole.ok()) {
+    return UnavailableError("cannot move slots from this node yet: " + whole.message());
+  }
 
   std::unique_lock lock(mu_);
   if (record_ && !record_->finished && record_->status.state == State::kFailed) {
@@ -212,6 +218,10 @@ bool Migrations::SleepFor(std::chrono::steady_clock::duration d) {
   return stop_;
 }
 
+Status Migrations::CheckStoreComplete() const {
+  return options_.store_complete ? options_.store_complete() : Status::Ok();
+}
+
 Status Migrations::SaveLocked() {
   if (options_.data_dir.empty() || !record_) return Status::Ok();
   const std::string path = options_.data_dir + "/" + kStateFile;
@@ -254,6 +264,7 @@ void Migrations::Run() {
     PublishRoute(request);
   }
   auto last_hello = std::chrono::steady_clock::now();
+  bool told_incomplete = false;
   while (!Stopping()) {
     const Routing* routing = cluster_.current();
     if (routing == nullptr || !routing->self_primary) {
@@ -275,6 +286,14 @@ void Migrations::Run() {
         return;
       }
       if (*found == 0) {
+        // Checked again here, not only in Start(): a resumed move (Resume() runs before the
+        // node is ready) or a store emptied since by a full sync must not end the move.
+        if (Status whole = CheckStoreComplete(); !whole.ok()) {
+          if (!told_incomplete) log_("Migration not done yet: " + whole.message());
+          told_incomplete = true;
+          SleepFor(std::chrono::milliseconds(100));
+          continue;
+        }
         std::lock_guard lock(mu_);
         record_->status.state = State::kDone;
         record_->status.keys_remaining = 0;

@@ -19,7 +19,12 @@
 //      the copy on its way to B would bring the key back); any other DELETE of a present key
 //      deletes it at A and then at B (which may hold an older copy).
 //   5. A pass that finds no key of S at A ends streaming: state done. A keeps refreshing the
-//      registration at B (every second) so B still serves S after a restart.
+//      registration at B (every second) so B still serves S after a restart. "No key here"
+//      means "all at B" only if A's store is its whole shard: a node still recovering its data
+//      directory, or holding part of a full sync (a replica made primary while its sync was
+//      cut off: the new primary a move is handed to after a failover), would find nothing and
+//      hand S over with keys never sent. So Start() refuses, and a pass never ends streaming,
+//      while MigrationOptions::store_complete says the store is not whole.
 //   6. The operator pushes a new-epoch topology in which B's shard owns S, to every node.
 //   7. A sees the topology flip, deletes any stray key of S it still holds, drops the special
 //      routing and marks the record finished. Requests for S now go to B by the topology.
@@ -68,6 +73,11 @@ struct MigrationOptions {
   // Test seam: called on the worker thread once the target acknowledged a batch, before its
   // keys are removed here.
   std::function<void(const ImportBatch&)> on_acknowledged;
+  // OK when this node's store holds all of its shard's data, so that a pass finding no key of
+  // the slots proves they are all at the target; else Unavailable with the reason (the data
+  // directory is still being recovered, or the store is part of a full sync). Called on the
+  // request and worker threads. Unset: always OK.
+  std::function<Status()> store_complete;
 };
 
 class Migrations {
@@ -90,7 +100,8 @@ class Migrations {
 
   // Starts moving request.slots to request.target. Returns InvalidArgument if this shard does
   // not own every slot or the target is not the named shard's primary (or is this shard),
-  // FailedPrecondition if this node is not a shard primary, Conflict if a migration is running,
+  // FailedPrecondition if this node is not a shard primary, Unavailable while the store is not
+  // the whole shard (options.store_complete; retry later), Conflict if a migration is running,
   // waiting for its topology flip, or failed with a different request (resume it first), or
   // the error writing migration.json.
   StatusOr<protocol::MigrationStatus> Start(const protocol::MigrationRequest& request);
@@ -149,6 +160,8 @@ class Migrations {
   Status PostImport(const ImportBatch& batch);
   void FinishAfterFlip();
   void Fail(const std::string& error);
+  // options_.store_complete(), or OK if unset.
+  Status CheckStoreComplete() const;
   Status SaveLocked();
   bool Stopping();
   // Waits up to `d` or until Stop(); returns true if stopping.

@@ -653,6 +653,8 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
       follow_replid_ = h.replid;
       following_ = false;
       syncing_ = true;
+      // Set before the flush: from here until syncEnd the store is only part of the shard.
+      partial_copy_ = true;
       applied_ = 0;
       ++full_syncs_;
       StatusOr<uint64_t> flushed = store_.Flush();
@@ -667,6 +669,7 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
     case BatchKind::kSyncEnd:
       applied_ = h.after;
       syncing_ = false;
+      partial_copy_ = false;
       following_ = true;
       Checkpoint(h.after);
       logger_("Full sync complete primary=" + h.primary + " offset=" + std::to_string(h.after) +
@@ -708,6 +711,15 @@ Status Replication::Promote(const protocol::PromoteRequest& request) {
   if (request.epoch <= epoch()) {
     return ConflictError("promotion epoch " + std::to_string(request.epoch) +
                          " is not newer than this node's epoch " + std::to_string(epoch()));
+  }
+  // Under apply_mu_: no batch of the full sync lands between this check and the promotion.
+  if (partial_copy_) {
+    return FailedPreconditionError(
+        "this replica is in the middle of a full sync from " +
+        (leader_.empty() ? std::string("its primary") : leader_) + " (" +
+        std::to_string(store_.Stats().keys) +
+        " keys so far): it holds only part of the shard, and promoted it would lose the rest "
+        "for good; wait for the primary to come back, or promote a replica that is caught up");
   }
   // Already primary (promoted twice, or the operator re-promotes): a new term all the same.
   BecomePrimaryLocked(request.epoch, "promoted (POST /internal/promote)");

@@ -104,9 +104,17 @@ class Replication {
   // of the primary; other roles are.
   bool CaughtUp() const;
 
+  // True while the store holds only part of a full sync: from its syncBegin (which empties the
+  // store) until its syncEnd. Unlike the stream state it describes the data, so a role change
+  // does not clear it; only a completed full sync does. Such a store is not its shard: a key
+  // missing here may exist, and a pass over it proves nothing (a slot move must not start).
+  bool HoldsPartialCopy() const { return partial_copy_.load(); }
+
   // POST /internal/promote: this node becomes its shard's primary in `request.epoch` at once.
   // Conflict if the epoch is not newer than the one the node knows; FailedPrecondition if no
-  // topology names this node.
+  // topology names this node, or if it holds a partial copy (HoldsPartialCopy: promoted, it
+  // would serve and then replicate a shard with keys missing, and the old primary, which has
+  // them, would be fenced and resynced from it: wait for that primary instead).
   kvcache::Status Promote(const protocol::PromoteRequest& request);
   // POST /internal/step-down: as primary, refuses writes (CheckWritable: Unavailable) for
   // `pause` while the replicas catch up, the first step of a planned switchover. The pause ends
@@ -178,6 +186,7 @@ class Replication {
   uint64_t leader_epoch_ = 0;     // learned in this epoch
   std::atomic<bool> following_{false};  // completed a full sync from the current leader's term
   std::atomic<bool> syncing_{false};
+  std::atomic<bool> partial_copy_{false};  // see HoldsPartialCopy(); not cleared by a role change
   std::atomic<uint64_t> applied_{0};
   std::atomic<uint64_t> primary_offset_{0};
   std::atomic<bool> contact_{false};  // a batch of the current leader was accepted

@@ -452,10 +452,14 @@ ApiResponse NodeApi::HandleMigrationAdmin(const ApiRequest& req) const {
   if (!request.ok()) return ErrorFrom(request.status());
   StatusOr<protocol::MigrationStatus> started = migrations_->Start(*request);
   if (!started.ok()) {
-    return Error(started.status().code() == StatusCode::kFailedPrecondition
-                     ? 409
-                     : HttpCodeFor(started.status().code()),
-                 started.status().message());
+    ApiResponse r = Error(started.status().code() == StatusCode::kFailedPrecondition
+                              ? 409
+                              : HttpCodeFor(started.status().code()),
+                          started.status().message());
+    // Unavailable: this node's store is not its whole shard yet (recovering, or part of a full
+    // sync); the same request succeeds later.
+    if (r.code == 503) r.retry_after_seconds = 1;
+    return r;
   }
   return Text(200, protocol::EncodeMigrationStatus(*started), kJson);
 }

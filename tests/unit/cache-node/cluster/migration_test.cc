@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <thread>
@@ -311,6 +312,72 @@ TEST_F(MigrationTest, AFailedMoveWhoseSlotsWereGivenAwayDoesNotBlockTheNext) {
   ASSERT_TRUE(started.ok()) << started.status().message();
   EXPECT_EQ(started->state, State::kStreaming);
   EXPECT_EQ(started->slots, next.slots);
+}
+
+// A source ends a move when a pass over its store finds none of the slots' keys. From a store
+// that is not its whole shard (still recovering, or part of a full sync: a new primary handed
+// the move after a failover, see ReplicationApiTest.AReplicaCutOffInAFullSyncIsNotPromoted)
+// that pass finds nothing and the slots would go to a target that never got their keys. Such a
+// store neither starts a move (503 + Retry-After: the operator asks again) nor ends one.
+TEST_F(MigrationTest, AStoreThatIsNotTheWholeShardNeitherStartsNorEndsAMove) {
+  std::atomic<bool> complete{false};
+  std::vector<std::string> keys = MovingKeys(25);
+  MigrationOptions options;
+  options.store_complete = [&complete]() -> Status {
+    return complete ? Status::Ok() : UnavailableError("still recovering its data directory");
+  };
+  // Once the first batch (10 keys) is acknowledged, the store stops being the whole shard: the
+  // other keys go, as when a full sync starts over it.
+  std::atomic<bool> emptied{false};
+  std::vector<std::string> gone;
+  options.on_acknowledged = [&](const ImportBatch& batch) {
+    if (emptied) return;
+    complete = false;
+    for (const std::string& key : keys) {
+      bool in_batch = std::any_of(batch.entries.begin(), batch.entries.end(),
+                                  [&](const ImportEntry& e) { return e.key == key; });
+      if (!in_batch && source_store_.Delete(key).ok()) gone.push_back(key);
+    }
+    emptied = true;
+  };
+  StartSource(std::move(options));
+  for (const std::string& key : keys) Put(source_store_, key, "v");
+
+  ApiRequest post;
+  post.method = HttpMethod::kPost;
+  post.path = "/internal/migrations";
+  const std::string body = protocol::EncodeMigrationRequest(Request());
+  post.body = body;
+  post.authorization = std::string("Bearer ") + kToken;
+  ApiResponse refused = source_api_->Handle(post);
+  EXPECT_EQ(refused.code, 503) << refused.body;
+  EXPECT_EQ(refused.retry_after_seconds, 1);
+  EXPECT_NE(refused.body.find("still recovering"), std::string::npos) << refused.body;
+  EXPECT_EQ(source_migrations_->status().state, State::kIdle);
+  EXPECT_FALSE(source_migrations_->routing_active());
+
+  complete = true;
+  ApiResponse started = source_api_->Handle(post);
+  ASSERT_EQ(started.code, 200) << started.body;
+  for (int i = 0; i < 1000 && !emptied; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(emptied);
+  ASSERT_EQ(gone.size(), 15u);
+  // The passes after it find no key here, yet the move is not done: a pass over a store that
+  // is not the whole shard proves nothing. (Only a wait can show that something does not
+  // happen; a pass takes microseconds here.)
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(source_migrations_->status().state, State::kStreaming);
+  EXPECT_TRUE(source_migrations_->routing_active());
+  EXPECT_EQ(target_store_.Stats().keys, 10u);
+  // The sync completes (the rest of the keys are back) and the store is whole again: the move
+  // ends with every key at the target.
+  for (const std::string& key : gone) Put(source_store_, key, "v");
+  complete = true;
+  AwaitState(State::kDone);
+  EXPECT_EQ(source_migrations_->status().keys_moved, 25u);
+  EXPECT_EQ(target_store_.Stats().keys, 25u);
 }
 
 TEST_F(MigrationTest, RefusesBadRequests) {

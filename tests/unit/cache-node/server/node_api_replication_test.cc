@@ -170,5 +170,54 @@ TEST_F(ReplicationApiTest, BatchesFromAnOldPrimaryAreFencedOverHttp) {
   replication_->Stop();
 }
 
+// The e2e failure in test_failover_of_a_moves_source_hands_the_move_over: the source shard's
+// primary p was killed, came back (a new term, so a full sync of its replica r: syncBegin
+// empties r's store) and was killed again before syncEnd. r, holding part of the shard, was
+// promoted; it answered 404 for the rest, and the move handed over to it found none of its
+// slots' keys, declared itself done, and the operator gave the slots to a target that never
+// got them. A replica cut off in a full sync is not promoted; the old primary still has it all.
+TEST_F(ReplicationApiTest, AReplicaCutOffInAFullSyncIsNotPromoted) {
+  SetUpNode("r", OneShard(1, "p", {"r"}));
+  replication_->Start();
+  auto record = [](std::string key) {
+    ReplRecord r;
+    r.key = std::move(key);
+    r.value = "v";
+    return r;
+  };
+  auto send = [&](const std::string& replid, BatchKind kind, std::vector<ReplRecord> records) {
+    BatchHeader h;
+    h.epoch = 1;
+    h.primary = "p";
+    h.replid = replid;
+    h.kind = kind;
+    h.after = 2;
+    h.primary_offset = 2;
+    ApiResponse r = Call(HttpMethod::kPost, "/internal/replication", EncodeBatch(h, records));
+    ASSERT_EQ(r.code, 200) << r.body;
+  };
+  // p's first term: r holds both keys.
+  send("term1", BatchKind::kSyncBegin, {});
+  send("term1", BatchKind::kSyncData, {record("a"), record("b")});
+  send("term1", BatchKind::kSyncEnd, {});
+  ASSERT_EQ(store_.Stats().keys, 2u);
+  // p restarted: its new term's full sync gets as far as one key, then p is gone.
+  send("term2", BatchKind::kSyncBegin, {});
+  send("term2", BatchKind::kSyncData, {record("a")});
+  ASSERT_EQ(store_.Stats().keys, 1u);
+  ApiResponse refused = Call(HttpMethod::kPost, "/internal/promote", R"({"epoch": 2})");
+  EXPECT_EQ(refused.code, 412) << refused.body;
+  EXPECT_NE(refused.body.find("full sync"), std::string::npos) << refused.body;
+  EXPECT_EQ(replication_->role(), protocol::Role::kReplica);
+  EXPECT_EQ(replication_->epoch(), 1u) << "a refused promotion raises no epoch";
+  // The full sync completes (p came back): a whole copy again, and promotable.
+  send("term2", BatchKind::kSyncData, {record("b")});
+  send("term2", BatchKind::kSyncEnd, {});
+  ApiResponse promoted = Call(HttpMethod::kPost, "/internal/promote", R"({"epoch": 2})");
+  EXPECT_EQ(promoted.code, 200) << promoted.body;
+  EXPECT_EQ(replication_->role(), protocol::Role::kPrimary);
+  replication_->Stop();
+}
+
 }  // namespace
 }  // namespace kvcache::node
