@@ -415,7 +415,8 @@ spec:
 // TestLauncherNodes: 3 nodes in 3 zones; a StatefulSet with volumeClaimTemplates comes up with
 // Bound PVCs in DIR/volumes, a claim grows in place, a service account's request is in the
 // audit log, its pods resolve by name, its ClusterIP answers from the host, a
-// pod process SIGKILLed from outside is restarted; everything is removed on stop.
+// pod process SIGKILLed from outside is restarted, a force-deleted pod comes back under its name
+// (also right after a restart of `up` over the same state dir); everything is removed on stop.
 func TestLauncherNodes(t *testing.T) {
 	if os.Getenv("KVCACHE_LOCALK8S") != "1" {
 		t.Skip("set KVCACHE_LOCALK8S=1 (needs root; starts a real control plane)")
@@ -508,8 +509,74 @@ func TestLauncherNodes(t *testing.T) {
 			time.Sleep(time.Second)
 		}
 		c.kubectl("wait", "--for=condition=Ready", "pod/web-1", "--timeout=60s")
+
+		// a force-deleted pod comes back under its name (new UID) on the node that ran it
+		mf = filepath.Join(dir, "pinned.yaml")
+		if err := os.WriteFile(mf, []byte(pinnedManifest), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c.kubectl("apply", "-f", mf)
+		c.kubectl("rollout", "status", "statefulset/pinned", "--timeout=120s")
+		forceDeleteReturns(t, c, "pinned-0")
+	}()
+	// Each agent logs to DIR/logs/<node>.log, as the launcher's README says.
+	if log := readFile(filepath.Join(dir, "logs", "node-2.log")); !strings.Contains(log, "pinned-0") {
+		t.Errorf("logs/node-2.log does not name pinned-0, the pod it ran: %q", log)
+	}
+
+	// `up` again over the same state dir (as a second `make run` does): the objects stay, the
+	// agents run their pods anew, and a force delete right away works the same.
+	c = up(t, bin, dir, "--nodes", "3", "--image", "kvtest-web="+py)
+	func() {
+		defer c.stop()
+		c.kubectl("rollout", "status", "statefulset/pinned", "--timeout=120s")
+		forceDeleteReturns(t, c, "pinned-0")
 	}()
 	checkClean(t, before, dir)
+}
+
+// pinnedManifest is a one-pod StatefulSet kept on node-2, so a re-created pod of its name is
+// started by the same agent that ran the deleted one.
+const pinnedManifest = `
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: pinned}
+spec:
+  serviceName: web
+  replicas: 1
+  selector: {matchLabels: {app: pinned}}
+  template:
+    metadata: {labels: {app: pinned}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: node-2}
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: web
+        image: registry.example/kvtest-web:1.0
+        args: ["-m", "http.server", "8000"]
+        readinessProbe: {tcpSocket: {port: 8000}, periodSeconds: 1}
+`
+
+// forceDeleteReturns deletes pod with --grace-period=0 --force and expects its StatefulSet's
+// new pod of that name (another UID) Running and Ready within 30 s.
+func forceDeleteReturns(t *testing.T, c *cluster, pod string) {
+	t.Helper()
+	oldUID := c.kubectl("get", "pod", pod, "-o", "jsonpath={.metadata.uid}")
+	start := time.Now()
+	c.kubectl("delete", "pod", pod, "--grace-period=0", "--force")
+	await(t, "force-deleted "+pod+" Running and Ready again with a new UID", 30*time.Second, func() string {
+		out, err := exec.Command(filepath.Join(c.bin, "kubectl"), "--kubeconfig", filepath.Join(c.dir, "kubeconfig"),
+			"get", "pod", pod, "-o", `jsonpath={.metadata.uid} {.status.phase} {.status.conditions[?(@.type=="Ready")].status}`).CombinedOutput()
+		if err != nil {
+			return string(out)
+		}
+		f := strings.Fields(string(out))
+		if len(f) == 3 && f[0] != oldUID && f[1] == "Running" && f[2] == "True" {
+			return ""
+		}
+		return fmt.Sprintf("uid/phase/ready %q (old uid %s)", out, oldUID)
+	})
+	t.Logf("%s back in %.1fs", pod, time.Since(start).Seconds())
 }
 
 // await polls f every 500 ms until it returns "" (done) or timeout passes; then fails with

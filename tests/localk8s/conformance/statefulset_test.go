@@ -199,3 +199,72 @@ for n in sys.argv[1:]:
 		return err == nil && strings.HasSuffix(strings.TrimSpace(out), "web-1,web-1"), fmt.Errorf("%v: %s", err, out)
 	})
 }
+
+// A StatefulSet pod deleted the way chaos tools and impatient users do (`kubectl delete pod
+// --grace-period=0 --force`) is re-created by the StatefulSet with the same name and a new UID
+// and runs again within 30 s, every time. The pods are kept on one node (nodeSelector), so the
+// node that ran the old pod is the one that must start the new one: a kubelet that tracked pods
+// by name instead of UID would keep the new one Pending. Each round also checks that the new
+// pod's volume is the old one's (its boot log grows by one line).
+func TestStatefulSetForceDeletedPodReturns(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t, "force")
+	ctx := context.Background()
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil || len(nodes.Items) == 0 {
+		t.Fatalf("listing nodes: %v (%d)", err, len(nodes.Items))
+	}
+	var node string
+	for _, n := range nodes.Items {
+		if !n.Spec.Unschedulable {
+			node = n.Name
+			break
+		}
+	}
+	labels := map[string]string{"app": "fd"}
+	c := serverContainer()
+	c.ReadinessProbe = httpProbe("/readyz", 1)
+	c.VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}
+	spec := podSpec(c)
+	spec.NodeSelector = map[string]string{"kubernetes.io/hostname": node}
+	sts := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "fd"},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas:    ptr.To(int32(1)),
+			ServiceName: "fd",
+			Selector:    &metav1.LabelSelector{MatchLabels: labels},
+			Template:    corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec},
+			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{{
+				ObjectMeta: metav1.ObjectMeta{Name: "data"},
+				Spec: corev1.PersistentVolumeClaimSpec{
+					AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+					Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("16Mi")}},
+				},
+			}},
+		},
+	}
+	if _, err := cs.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := awaitPodReady(t, ns, "fd-0")
+	const rounds = 3
+	for round := 1; round <= rounds; round++ {
+		oldUID := pod.UID
+		mustKubectl(t, "delete", "pod", "-n", ns, "fd-0", "--grace-period=0", "--force")
+		start := time.Now()
+		await(t, 30*time.Second, fmt.Sprintf("round %d: fd-0 Running and Ready again with a new UID", round), func() (bool, error) {
+			p, err := getPod(ns, "fd-0")
+			if err != nil {
+				return false, err
+			}
+			pod = p
+			return p.UID != oldUID && p.Status.Phase == corev1.PodRunning && isReady(p),
+				fmt.Errorf("uid %s (old %s), node %s, phase %s, statuses %s", p.UID, oldUID, p.Spec.NodeName, p.Status.Phase, containerSummary(p))
+		})
+		t.Logf("round %d: back in %.1fs on %s", round, time.Since(start).Seconds(), pod.Spec.NodeName)
+		out, err := execPy(ns, "fd-0", "print(len(open('/data/boot.log').read().split()))")
+		if err != nil || strings.TrimSpace(out) != fmt.Sprint(round+1) {
+			t.Errorf("round %d: boot log lines %q (%v), want %d (one per start, same volume)", round, out, err, round+1)
+		}
+	}
+}

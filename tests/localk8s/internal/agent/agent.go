@@ -166,6 +166,14 @@ func Run(ctx context.Context, cfg Config) error {
 				p.ReadinessGatesChanged(op, np)
 			}
 		},
+		DeleteFunc: func(o any) {
+			if tomb, ok := o.(cache.DeletedFinalStateUnknown); ok {
+				o = tomb.Obj
+			}
+			if pod, ok := o.(*corev1.Pod); ok {
+				p.PodObjectDeleted(pod)
+			}
+		},
 	})
 	// The pod controller insists on these informers but only uses them to resolve env, which
 	// this provider does itself (SkipDownwardAPIResolution): they are never started, so the

@@ -75,11 +75,20 @@ func NewProvider(ctx context.Context, cfg Config, client kubernetes.Interface, h
 		serviceEnv:    ServiceEnv("10.96.0.1", 443),
 		net:           &network{binDir: binDir, confPath: cfg.CNIConfPath, cacheDir: cacheDir, recDir: filepath.Join(cfg.StateDir, "sandboxes")},
 		probeClient:   &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }, Transport: &http.Transport{DisableKeepAlives: true}},
-		logger:        log.New(os.Stderr, "agent["+cfg.NodeName+"] ", log.LstdFlags|log.Lmicroseconds),
+		logger:        log.New(logWriter(cfg), "agent["+cfg.NodeName+"] ", log.LstdFlags|log.Lmicroseconds),
 		volumeRefresh: 30 * time.Second,
 		pods:          map[string]*podRuntime{},
 	}
 	return p
+}
+
+// logWriter is where the agent's own log lines go: Config.LogWriter (the launcher's
+// DIR/logs/<node>.log), else stderr.
+func logWriter(cfg Config) io.Writer {
+	if cfg.LogWriter != nil {
+		return cfg.LogWriter
+	}
+	return os.Stderr
 }
 
 func (p *Provider) logf(format string, args ...any) { p.logger.Printf(format, args...) }
@@ -98,6 +107,14 @@ func (p *Provider) NotifyPods(_ context.Context, cb func(*corev1.Pod)) {
 }
 
 func (p *Provider) notifyPod(pod *corev1.Pod) {
+	if p.podFromAPI != nil {
+		// A pod whose object is gone and whose name a new object holds (a force delete and a
+		// StatefulSet's re-creation): VK keys status by name, so this status would land on the
+		// new pod (or fail on its UID); the old one's end is nobody's business any more.
+		if cur, err := p.podFromAPI(pod.Namespace, pod.Name); err == nil && cur.UID != pod.UID {
+			return
+		}
+	}
 	p.mu.Lock()
 	cb := p.notifyCb
 	p.mu.Unlock()
@@ -205,6 +222,9 @@ func (p *Provider) finishPod(pr *podRuntime, grace time.Duration, deleteObject b
 		delete(p.pods, pr.key)
 	}
 	succ := pr.successor
+	if succ == nil {
+		succ = p.replacementOf(pr)
+	}
 	if succ != nil && p.ctx.Err() == nil {
 		p.startLocked(succ)
 	}
@@ -214,6 +234,40 @@ func (p *Provider) finishPod(pr *podRuntime, grace time.Duration, deleteObject b
 		return
 	}
 	os.RemoveAll(pr.dir)
+}
+
+// PodObjectDeleted is called with each pod object that left the API (the pod informer's delete
+// event). VK queues its work by namespace/name: when a StatefulSet re-creates a force-deleted
+// pod at once, VK may look the name up only after the new object is there, and then it never
+// asks to delete the old pod (and, as the two specs compare equal, never hands over the new
+// one either). So the old pod's processes and sandbox stop here, with the kubelet's minimum
+// grace, and finishPod then starts the pod that now holds the name.
+func (p *Provider) PodObjectDeleted(pod *corev1.Pod) {
+	p.mu.Lock()
+	pr, ok := p.pods[podKey(pod.Namespace, pod.Name)]
+	p.mu.Unlock()
+	if !ok || pr.uid != string(pod.UID) {
+		return
+	}
+	p.logf("pod %s (%s): object deleted from the API; stopping it", pr.key, pr.uid)
+	go p.finishPod(pr, 2*time.Second, true)
+}
+
+// replacementOf returns the pod object that holds pr's name in the API now under another UID,
+// bound to this node and not being deleted, for finishPod to start; nil if there is none.
+// REQUIRES: p.mu held (the lister has its own lock and never calls back).
+func (p *Provider) replacementOf(pr *podRuntime) *corev1.Pod {
+	if p.podFromAPI == nil {
+		return nil
+	}
+	ns, name, _ := strings.Cut(pr.key, "/")
+	cur, err := p.podFromAPI(ns, name)
+	if err != nil || string(cur.UID) == pr.uid || cur.DeletionTimestamp != nil ||
+		cur.Spec.NodeName != p.cfg.NodeName ||
+		cur.Status.Phase == corev1.PodSucceeded || cur.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	return cur.DeepCopy()
 }
 
 func (p *Provider) get(ns, name string) (*podRuntime, error) {

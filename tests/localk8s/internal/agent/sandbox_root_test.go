@@ -434,3 +434,64 @@ echo not found; exec sleep 1000`
 		t.Errorf("killer log: %q (want a kill of a pid other than 1)", out)
 	}
 }
+
+// A force-deleted pod whose name a new pod (new UID) takes at once: virtual-kubelet, keyed by
+// name, may never call DeletePod for the old UID, nor CreatePod/UpdatePod for the new one (their
+// specs compare equal). The pod informer's delete event (PodObjectDeleted) stops the old pod,
+// and the one that now holds the name in the API (podFromAPI) starts in its place, once.
+func TestRootForceDeletedPodIsReplacedByItsSuccessor(t *testing.T) {
+	e := newRootEnv(t)
+	ctr := corev1.Container{Name: "main", Image: "busybox", Command: []string{"sh", "-c", "sleep 100"}}
+	old := testPod("web-0", ctr)
+	succ := old.DeepCopy()
+	succ.UID = types.UID("uid-web-0-successor")
+	var apiMu sync.Mutex
+	inAPI := old // what the pod informer's lister holds for default/web-0
+	e.p.podFromAPI = func(ns, name string) (*corev1.Pod, error) {
+		apiMu.Lock()
+		defer apiMu.Unlock()
+		if ns == "default" && name == "web-0" && inAPI != nil {
+			return inAPI, nil
+		}
+		return nil, fmt.Errorf("pod %s/%s not found", ns, name)
+	}
+	if err := e.p.CreatePod(context.Background(), old); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("web-0", "running", running, 30*time.Second)
+
+	// The StatefulSet re-creates web-0 at once; VK hands nothing over.
+	apiMu.Lock()
+	inAPI = succ
+	apiMu.Unlock()
+	// A delete event for another UID than the running one changes nothing.
+	e.p.PodObjectDeleted(succ)
+	if pod, err := e.p.GetPod(context.Background(), "default", "web-0"); err != nil || pod.UID != old.UID {
+		t.Fatalf("a delete event for another UID touched the running pod: %v %v", pod, err)
+	}
+
+	start := time.Now()
+	e.p.PodObjectDeleted(old)
+	got := e.waitFor("web-0", "the successor running", func(p *corev1.Pod) bool {
+		return p.UID == succ.UID && running(p)
+	}, 30*time.Second)
+	t.Logf("successor running %.1fs after the old pod's object was deleted", time.Since(start).Seconds())
+	if got.Status.PodIP == "" {
+		t.Errorf("successor has no pod IP")
+	}
+	// The old pod's sandbox is gone (its state dir is removed once it has stopped).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(e.p.cfg.StateDir, "pods", string(old.UID))); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the old pod's state dir is still there")
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if pods, _ := e.p.GetPods(context.Background()); len(pods) != 1 {
+		t.Errorf("provider runs %d pods, want the successor only", len(pods))
+	}
+}
