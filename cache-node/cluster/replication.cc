@@ -251,9 +251,8 @@ void Replication::ReconcileSendersLocked() {
     sender->term.epoch = role_epoch_;
     sender->term.primary = cluster_.self_name();
     sender->term.replid = replid_;
-    http_client_config config;
-    config.set_timeout(options_.request_timeout);
-    sender->client = std::make_shared<http_client>("http://" + addr, config);
+    sender->term.replica = name;
+    sender->client = NewReplicaClient(addr);
     Sender* raw = sender.get();
     sender->thread = std::thread([this, raw] { RunSender(*raw); });
     senders_[name] = std::move(sender);
@@ -409,6 +408,12 @@ void Replication::ControlLoop() {
   }
 }
 
+std::shared_ptr<http_client> Replication::NewReplicaClient(const std::string& addr) const {
+  http_client_config config;
+  config.set_timeout(options_.request_timeout);
+  return std::make_shared<http_client>("http://" + addr, config);
+}
+
 StatusOr<BatchReply> Replication::Post(Sender& s, const BatchHeader& header,
                                        const std::vector<ReplRecord>& records) {
   try {
@@ -419,9 +424,17 @@ StatusOr<BatchReply> Replication::Post(Sender& s, const BatchHeader& header,
     req.set_body(std::vector<unsigned char>(body.begin(), body.end()));
     http_response resp = s.client->request(req, s.cancel.get_token()).get();
     std::vector<unsigned char> bytes = resp.extract_vector().get();
-    return DecodeBatchReply(resp.status_code(),
-                            std::string_view(reinterpret_cast<const char*>(bytes.data()),
-                                             bytes.size()));
+    StatusOr<BatchReply> reply = DecodeBatchReply(
+        resp.status_code(),
+        std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+    if (reply.ok() && reply->misdirected) {
+      // The name led to another node (its address changed hands): drop the kept-alive
+      // connection, so that the next request resolves the name again.
+      s.client = NewReplicaClient(s.addr);
+      return UnavailableError("replica " + s.name + " at " + s.addr + " answered as " +
+                              reply->answered_by + ": reconnecting");
+    }
+    return reply;
   } catch (const std::exception& e) {
     return UnavailableError("replica " + s.name + " at " + s.addr + ": " + e.what());
   }
@@ -601,6 +614,14 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
     return {400, "{\"error\": \"bad replication batch\", \"code\": 400}"};
   }
   const BatchHeader& h = batch->header;
+  if (!h.replica.empty() && h.replica != cluster_.self_name()) {
+    // Meant for another node that this address pointed at until recently: neither apply nor
+    // fence (the epoch says nothing about this node's shard); the sender reconnects.
+    BatchReply reply;
+    reply.misdirected = true;
+    reply.answered_by = cluster_.self_name();
+    return {421, EncodeBatchReply(reply)};
+  }
   std::lock_guard apply(apply_mu_);
   auto judge = [&] {
     ReceiverState st;

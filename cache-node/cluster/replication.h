@@ -40,6 +40,10 @@
 #include "protocol/admin.h"
 #include "store/store.h"
 
+namespace web::http::client {
+class http_client;  // cpprestsdk, behind replication.cc
+}  // namespace web::http::client
+
 namespace kvcache::node {
 
 enum class ReplicationMode { kAsync, kSync };
@@ -151,8 +155,12 @@ class Replication {
   void OnTopologyLocked();
 
   void RunSender(Sender& sender);
+  // Sends one batch to sender's replica. A receiver that is not that replica (421) makes
+  // it replace sender.client (a new connection, the name resolved again) and return
+  // Unavailable. Called on the sender's own thread only, which alone uses sender.client.
   StatusOr<BatchReply> Post(Sender& sender, const BatchHeader& header,
                             const std::vector<ReplRecord>& records);
+  std::shared_ptr<web::http::client::http_client> NewReplicaClient(const std::string& addr) const;
   kvcache::Status FullSync(Sender& sender, const BatchHeader& term, uint64_t* cursor);
   void OnAck();
   void FailWaiters(const kvcache::Status& why);

@@ -40,13 +40,14 @@ bool GetBytes(std::string_view* in, size_t n, std::string* out) {
 }  // namespace
 
 std::string EncodeBatch(const BatchHeader& h, const std::vector<ReplRecord>& records) {
-  const std::string head = json{{"epoch", h.epoch},
-                                {"primary", h.primary},
-                                {"replid", h.replid},
-                                {"kind", kKindNames[static_cast<size_t>(h.kind)]},
-                                {"after", h.after},
-                                {"primaryOffset", h.primary_offset}}
-                               .dump();
+  json head_doc = {{"epoch", h.epoch},
+                   {"primary", h.primary},
+                   {"replid", h.replid},
+                   {"kind", kKindNames[static_cast<size_t>(h.kind)]},
+                   {"after", h.after},
+                   {"primaryOffset", h.primary_offset}};
+  if (!h.replica.empty()) head_doc["replica"] = h.replica;
+  const std::string head = head_doc.dump();
   std::string out;
   size_t total = 4 + head.size();
   for (const ReplRecord& r : records) total += r.Bytes();
@@ -89,6 +90,7 @@ StatusOr<Batch> DecodeBatch(std::string_view body) {
     h.kind = static_cast<BatchKind>(it - kKindNames.begin());
     h.after = head.at("after").get<uint64_t>();
     h.primary_offset = head.value("primaryOffset", uint64_t{0});
+    h.replica = head.value("replica", std::string());
   } catch (const std::exception& e) {
     return InvalidArgumentError(std::string("replication batch: ") + e.what());
   }
@@ -111,6 +113,12 @@ StatusOr<Batch> DecodeBatch(std::string_view body) {
 }
 
 std::string EncodeBatchReply(const BatchReply& reply) {
+  if (reply.misdirected) {
+    return json{{"error", "this node is " + reply.answered_by + ", not the replica the batch is for"},
+                {"code", 421},
+                {"node", reply.answered_by}}
+        .dump();
+  }
   if (reply.fenced) {
     return json{{"error", "batch from an older epoch than " + std::to_string(reply.epoch)},
                 {"code", 409},
@@ -131,6 +139,11 @@ StatusOr<BatchReply> DecodeBatchReply(int code, std::string_view body) {
   }
   BatchReply reply;
   try {
+    if (code == 421) {
+      reply.misdirected = true;
+      reply.answered_by = doc.value("node", std::string());
+      return reply;
+    }
     if (code == 409) {
       reply.fenced = true;
       reply.epoch = doc.at("epoch").get<uint64_t>();

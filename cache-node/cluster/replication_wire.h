@@ -35,6 +35,12 @@ struct BatchHeader {
   BatchKind kind = BatchKind::kStream;
   uint64_t after = 0;
   uint64_t primary_offset = 0;  // the sender's last offset (for the replica's lag)
+  // The node the batch is meant for. A replica's address is a DNS name that can point at
+  // another pod for a while (every pod restarted with new IPs, records not yet updated), and a
+  // kept-alive connection stays with whoever answered first: the receiver refuses a batch
+  // meant for another node (421), so the sender reconnects instead of streaming into a
+  // stranger. Empty (a sender before this field): any receiver takes it.
+  std::string replica;
   bool operator==(const BatchHeader&) const = default;
 };
 
@@ -52,6 +58,9 @@ struct BatchReply {
   bool full_sync = false;
   uint64_t applied_offset = 0;
   uint64_t epoch = 0;
+  // 421: the receiver is not header.replica; answered_by is its own name.
+  bool misdirected = false;
+  std::string answered_by;
 };
 std::string EncodeBatchReply(const BatchReply& reply);
 // `code` is the HTTP status. InvalidArgument for a body that is not a reply.

@@ -119,7 +119,7 @@ TEST(ReplicationLog, NotRecordingKeepsNothingSoReadersNeedAFullSync) {
 }
 
 TEST(ReplicationWire, BatchRoundTripsWithBinaryValues) {
-  BatchHeader h{7, "demo-0-0", "abc", BatchKind::kStream, 41, 50};
+  BatchHeader h{7, "demo-0-0", "abc", BatchKind::kStream, 41, 50, "demo-0-1"};
   std::vector<ReplRecord> records = {Put(42, std::string("k\0ey", 4), std::string("\xff\0v", 3))};
   records[0].content_type = "application/octet-stream";
   records[0].expire_at_ms = 1234;
@@ -142,16 +142,32 @@ TEST(ReplicationWire, TruncatedOrGarbageBatchesAreRefused) {
 }
 
 TEST(ReplicationWire, RepliesRoundTrip) {
-  BatchReply ok{false, false, 17, 3};
+  BatchReply ok{false, false, 17, 3, false, ""};
   auto got = DecodeBatchReply(200, EncodeBatchReply(ok));
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(got->applied_offset, 17u);
   EXPECT_FALSE(got->full_sync);
-  auto fenced = DecodeBatchReply(409, EncodeBatchReply(BatchReply{true, false, 0, 9}));
+  auto fenced = DecodeBatchReply(409, EncodeBatchReply(BatchReply{true, false, 0, 9, false, ""}));
   ASSERT_TRUE(fenced.ok());
   EXPECT_TRUE(fenced->fenced);
   EXPECT_EQ(fenced->epoch, 9u);
   EXPECT_FALSE(DecodeBatchReply(500, R"({"error": "x"})").ok());
+  BatchReply wrong_node;
+  wrong_node.misdirected = true;
+  wrong_node.answered_by = "demo-1-1";
+  auto misdirected = DecodeBatchReply(421, EncodeBatchReply(wrong_node));
+  ASSERT_TRUE(misdirected.ok());
+  EXPECT_TRUE(misdirected->misdirected);
+  EXPECT_EQ(misdirected->answered_by, "demo-1-1");
+}
+
+TEST(ReplicationWire, ABatchWithoutAReplicaNameIsForAnyReceiver) {
+  // A sender from before the field: the header has no "replica".
+  std::string body = EncodeBatch(BatchHeader{3, "demo-0-0", "r", BatchKind::kStream, 0, 0, ""}, {});
+  EXPECT_EQ(body.find("replica"), std::string::npos);
+  auto batch = DecodeBatch(body);
+  ASSERT_TRUE(batch.ok());
+  EXPECT_EQ(batch->header.replica, "");
 }
 
 BatchHeader From(std::string primary, uint64_t epoch, BatchKind kind, std::string replid = "r1",
@@ -220,11 +236,11 @@ TEST(Fencing, StreamNeedsTheSameTermAndAFinishedSync) {
 }
 
 TEST(SenderDecisions, ReplyDecidesAdvanceFullSyncDemoteOrRetry) {
-  EXPECT_EQ(JudgeReply(BatchReply{false, false, 10, 5}, 5, 0), SenderAction::kAdvance);
-  EXPECT_EQ(JudgeReply(BatchReply{false, true, 0, 5}, 5, 0), SenderAction::kFullSync);
-  EXPECT_EQ(JudgeReply(BatchReply{false, false, 3, 5}, 5, 4), SenderAction::kFullSync);
-  EXPECT_EQ(JudgeReply(BatchReply{true, false, 0, 6}, 5, 0), SenderAction::kDemote);
-  EXPECT_EQ(JudgeReply(BatchReply{true, false, 0, 5}, 5, 0), SenderAction::kRetry);
+  EXPECT_EQ(JudgeReply(BatchReply{false, false, 10, 5, false, ""}, 5, 0), SenderAction::kAdvance);
+  EXPECT_EQ(JudgeReply(BatchReply{false, true, 0, 5, false, ""}, 5, 0), SenderAction::kFullSync);
+  EXPECT_EQ(JudgeReply(BatchReply{false, false, 3, 5, false, ""}, 5, 4), SenderAction::kFullSync);
+  EXPECT_EQ(JudgeReply(BatchReply{true, false, 0, 6, false, ""}, 5, 0), SenderAction::kDemote);
+  EXPECT_EQ(JudgeReply(BatchReply{true, false, 0, 5, false, ""}, 5, 0), SenderAction::kRetry);
 }
 
 TEST(SenderDecisions, QuorumIsTheMinAcksThLargestOffset) {

@@ -170,6 +170,40 @@ TEST_F(ReplicationApiTest, BatchesFromAnOldPrimaryAreFencedOverHttp) {
   replication_->Stop();
 }
 
+// Every pod restarted with new IPs (`make run` again over kept volumes): a primary resolved
+// its replica's DNS name while it still gave the replica's old IP, now another node's, and
+// streamed to that node over a kept-alive connection for good. The other node was a replica of
+// another shard (fenced it: 409, which the sender took for "retry") or a primary, and the real
+// replica stayed unready. A batch names the node it is for; any other node refuses it with
+// 421 and applies nothing, whatever its role and epochs.
+TEST_F(ReplicationApiTest, ABatchForAnotherNodeIsRefusedAsMisdirected) {
+  SetUpNode("r2", OneShard(3, "p2", {"r2"}));
+  replication_->Start();
+  BatchHeader h;
+  h.epoch = 3;
+  h.primary = "p1";  // another shard's primary
+  h.replid = "x";
+  h.kind = BatchKind::kSyncBegin;
+  h.replica = "r1";  // its replica, whose old address this node holds now
+  PutRequest mine;
+  mine.key = "mine";
+  mine.value = "v";
+  ASSERT_TRUE(store_.Put(mine).ok());
+  ApiResponse r = Call(HttpMethod::kPost, "/internal/replication", EncodeBatch(h, {}));
+  EXPECT_EQ(r.code, 421) << r.body;
+  auto reply = DecodeBatchReply(r.code, r.body);
+  ASSERT_TRUE(reply.ok());
+  EXPECT_TRUE(reply->misdirected);
+  EXPECT_EQ(reply->answered_by, "r2");
+  EXPECT_EQ(store_.Stats().keys, 1u) << "a misdirected syncBegin must not empty the store";
+  EXPECT_EQ(replication_->epoch(), 3u);
+  // Meant for this node (or from a sender that names no replica): judged as before.
+  h.replica = "r2";
+  h.primary = "p2";
+  EXPECT_EQ(Call(HttpMethod::kPost, "/internal/replication", EncodeBatch(h, {})).code, 200);
+  replication_->Stop();
+}
+
 // The e2e failure in test_failover_of_a_moves_source_hands_the_move_over: the source shard's
 // primary p was killed, came back (a new term, so a full sync of its replica r: syncBegin
 // empties r's store) and was killed again before syncEnd. r, holding part of the shard, was
