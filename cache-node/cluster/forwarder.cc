@@ -67,6 +67,7 @@ struct Forwarder::Exchange : std::enable_shared_from_this<Exchange> {
   Forwarder* forwarder;
   std::shared_ptr<Peer> peer;
   std::string addr;
+  std::string to_name;  // of the node meant; empty: any
   ForwardRequest request;
   std::function<void(StatusOr<ForwardResponse>)> done;
   std::shared_ptr<Connection> conn;
@@ -99,7 +100,7 @@ struct Forwarder::Exchange : std::enable_shared_from_this<Exchange> {
     req.target(request.path_and_query);
     req.set(http::field::host, addr);
     for (const auto& [name, value] : request.headers) req.set(name, value);
-    req.set(kHopHeader, "1");
+    req.set(kHopHeader, to_name.empty() ? std::string("1") : to_name);
     req.body() = request.body;
     if (!request.body.empty() || verb == http::verb::put || verb == http::verb::post) {
       req.content_length(request.body.size());
@@ -157,6 +158,15 @@ struct Forwarder::Exchange : std::enable_shared_from_this<Exchange> {
       if (it != response.end()) out.headers.emplace_back(name, std::string(it->value()));
     }
     out.body = std::move(response.body());
+    if (out.code == 421) {
+      // Another node answered at this address: never pool this connection.
+      beast::error_code ignored;
+      conn->stream.socket().close(ignored);
+      conn.reset();
+      done(UnavailableError("owner " + to_name + " at " + addr +
+                            ": another node answered there (421): " + out.body.substr(0, 200)));
+      return;
+    }
     if (response.keep_alive()) {
       conn->stream.expires_never();
       std::lock_guard lock(peer->mu);
@@ -238,12 +248,13 @@ std::shared_ptr<Forwarder::Peer> Forwarder::PeerFor(const std::string& addr) {
   return peer;
 }
 
-void Forwarder::Forward(const std::string& addr, ForwardRequest request,
+void Forwarder::Forward(const protocol::Member& to, ForwardRequest request,
                         std::function<void(StatusOr<ForwardResponse>)> done) {
   auto exchange = std::make_shared<Exchange>();
   exchange->forwarder = this;
-  exchange->peer = PeerFor(addr);
-  exchange->addr = addr;
+  exchange->peer = PeerFor(to.addr);
+  exchange->addr = to.addr;
+  exchange->to_name = to.name;
   exchange->request = std::move(request);
   exchange->done = std::move(done);
   exchange->Start();

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "protocol/status.h"
+#include "protocol/topology.h"
 
 namespace boost::asio {
 class io_context;
@@ -25,7 +26,9 @@ class io_context;
 
 namespace kvcache::node {
 
-// The header that marks a forwarded request; a node never forwards a request carrying it.
+// The header that marks a forwarded request; a node never forwards a request carrying it. Its
+// value is the name of the node the request is meant for ("1" from nodes before that): a
+// node of another name answers 421 (NodeApi), since the address led elsewhere.
 inline constexpr char kHopHeader[] = "X-KVCache-Hop";
 // The sender's epoch on a forwarded request, and a fencing node's epoch on its refusal.
 inline constexpr char kEpochHeader[] = "X-KVCache-Epoch";
@@ -49,9 +52,12 @@ class Forwarder {
   explicit Forwarder(std::chrono::milliseconds timeout);
   ~Forwarder();
 
-  // Sends `request` to http://`addr`. Calls `done` exactly once: with the owner's response
-  // (any status code), or Unavailable if the owner could not be reached in time.
-  void Forward(const std::string& addr, ForwardRequest request,
+  // Sends `request` to http://`to.addr`, naming `to.name` in the hop header. Calls `done`
+  // exactly once: with the owner's response (any status code), or Unavailable if the owner
+  // could not be reached in time, or if another node answered there (421: the address, a DNS
+  // name, still led to the pod that held it before; that connection is closed, so a later
+  // request resolves the name again).
+  void Forward(const protocol::Member& to, ForwardRequest request,
                std::function<void(StatusOr<ForwardResponse>)> done);
 
  private:

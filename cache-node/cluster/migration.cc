@@ -459,7 +459,7 @@ Status Migrations::PostImport(const ImportBatch& batch) {
   std::promise<Status> done;
   std::future<Status> result = done.get_future();
   forwarder_.Forward(
-      target.addr, std::move(request), [&done, &target](StatusOr<ForwardResponse> got) {
+      target, std::move(request), [&done, &target](StatusOr<ForwardResponse> got) {
         if (!got.ok()) {
           done.set_value(got.status());
         } else if (got->code != 200) {

@@ -237,8 +237,9 @@ class RequestHandler : public Http::Handler {
     api_req.authorization = AuthorizationOf(req);
     api_req.if_match = RawHeader(req, "If-Match");
     api_req.if_none_match = RawHeader(req, "If-None-Match");
-    api_req.hop = req.headers().tryGetRaw(kHopHeader).has_value();
-    if (api_req.hop) {
+    if (std::optional<std::string> hop = RawHeader(req, kHopHeader)) {
+      api_req.hop = true;
+      if (*hop != "1") api_req.hop_to = std::move(*hop);
       if (std::optional<std::string> epoch = RawHeader(req, kEpochHeader)) {
         if (std::optional<int64_t> n = ParseNonNegativeInt(*epoch)) {
           api_req.sender_epoch = static_cast<uint64_t>(*n);
@@ -446,7 +447,7 @@ class RequestHandler : public Http::Handler {
     gather->waiting = plan->targets.size();
     gather->done = std::move(done);
     for (const auto& [name, addr] : plan->targets) {
-      forwarder->Forward(addr, plan->remote, [gather, name](StatusOr<ForwardResponse> got) {
+      forwarder->Forward(protocol::Member{name, addr}, plan->remote, [gather, name](StatusOr<ForwardResponse> got) {
         ApiResponse one;
         if (!got.ok()) {
           one.code = 503;
@@ -484,7 +485,7 @@ class RequestHandler : public Http::Handler {
     const int not_found_code = out.forward_not_found_code;
     NodeMetrics* metrics = metrics_;
     forwarder_->Forward(
-        out.forward_to->addr, std::move(request),
+        *out.forward_to, std::move(request),
         [answer, owner, not_found_code, metrics](StatusOr<ForwardResponse> got) {
           metrics->RecordForwarded(got.ok() ? got->code : 503);
           if (!got.ok()) {

@@ -80,6 +80,12 @@ std::optional<ApiResponse> NodeApi::CheckServing() const {
 }
 
 ApiResponse NodeApi::Handle(const ApiRequest& req) const {
+  if (req.hop_to && cluster_ != nullptr && *req.hop_to != cluster_->self_name()) {
+    // Pods that came back with new IPs: the sender's DNS answer (or kept-alive connection)
+    // for that node still led to the pod that had its address before, i.e. here.
+    return Error(421, "this node is " + cluster_->self_name() + ", not " + *req.hop_to +
+                          ": the address used for " + *req.hop_to + " led here");
+  }
   std::string_view path = req.path;
   // The data API first: it is the hot path.
   if (path.substr(0, kKeyPrefix.size()) == kKeyPrefix && path.size() > kKeyPrefix.size()) {

@@ -31,6 +31,9 @@ struct ApiRequest {
   // Request headers the API reads.
   std::optional<std::string> content_type, if_match, if_none_match, authorization;
   bool hop = false;  // forwarded by another node (X-KVCache-Hop): never forward it again
+  // The node a forwarding node meant (X-KVCache-Hop's value; unset for the "1" of older
+  // nodes). Another name: 421, the sender's address for that node led here.
+  std::optional<std::string> hop_to;
   std::optional<uint64_t> sender_epoch;  // X-KVCache-Epoch of a forwarded request
   bool replica_read = false;             // ?replica=ok: a replica may answer a read itself
 };

@@ -203,3 +203,53 @@ def test_listing_and_flush_are_cluster_wide(cluster):
         assert flushed.status_code == 200 and flushed.json() == {"flushed": 120}
         assert sum(metric(a, "kvcache_node_keys") for a in addrs) == 0
         assert s.get(f"http://{addrs[2]}/v1").json()["keys"] == []
+
+
+def test_a_forwarded_request_that_reaches_another_node_is_refused(tmp_path):
+    """Pods that come back with new IPs: a node's DNS answer for the owner can still give the
+    address another node holds now. node-0 finds node-1 at node-2's address; node-2 holds an
+    older topology in which it owns node-1's slots itself. The forwarded PUT names
+    node-1 in its hop header, so node-2 refuses it (421) instead of storing it: the client gets
+    503 + Retry-After and node-2 holds nothing."""
+    net = random.randrange(1, 250)
+    port = random.randrange(20000, 60000)
+    addrs = [f"127.78.{net}.{i + 1}:{port}" for i in range(3)]
+    bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
+
+    def topology(owners):
+        return {"cluster": "test", "epoch": 1,
+                "shards": [{"id": i, "slots": [list(bounds[i])],
+                            "primary": {"name": name, "addr": addr}, "replicas": []}
+                           for i, (name, addr) in enumerate(owners)]}
+    # node-0's view: node-1 and node-2 swapped addresses (node-1 is not running).
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps(topology([("node-0", addrs[0]), ("node-1", addrs[2]),
+                                          ("node-2", addrs[1])])))
+    # node-2's older view: it owns shard 1 itself.
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(topology([("node-0", addrs[0]), ("node-2", addrs[2]),
+                                        ("node-1", addrs[1])])))
+    nodes = []
+    try:
+        nodes.append(start_node(tmp_path, ("--node-name", "node-0", "--topology-file", str(stale)),
+                                name="node-0", listen=addrs[0]))
+        nodes.append(start_node(tmp_path, ("--node-name", "node-2", "--topology-file", str(old)),
+                                name="node-2", listen=addrs[2]))
+        for i in range(1000):
+            key = f"m{i}"
+            r = requests.put(f"http://{addrs[0]}/v1/{key}", data="v", timeout=10)
+            if r.headers.get("X-KVCache-Owner") == "node-1":
+                break
+        assert r.headers.get("X-KVCache-Owner") == "node-1", "no key of shard 1 in 1000"
+        assert r.status_code == 503, (r.status_code, r.text)
+        assert r.headers["Retry-After"] == "1"
+        assert "another node answered" in r.json()["error"], r.text
+        assert requests.get(f"http://{addrs[2]}/v1/{key}", timeout=10).status_code == 404
+        # The hop header names the node meant; a node of another name refuses at once.
+        r = requests.get(f"http://{addrs[2]}/v1/{key}", headers={"X-KVCache-Hop": "node-1"})
+        assert r.status_code == 421 and "this node is node-2, not node-1" in r.json()["error"]
+    finally:
+        for n in nodes:
+            if n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGTERM)
+                n.proc.wait(10)

@@ -170,6 +170,26 @@ TEST_F(ReplicationApiTest, BatchesFromAnOldPrimaryAreFencedOverHttp) {
   replication_->Stop();
 }
 
+// A forwarded request names the node it is for; it reached this node because the sender's
+// address for that node leads here now. Refused (421) before anything is read or written.
+TEST_F(ReplicationApiTest, AForwardedRequestForAnotherNodeIsRefusedAsMisdirected) {
+  SetUpNode("p", OneShard(1, "p", {}));
+  ApiRequest req;
+  req.method = HttpMethod::kPut;
+  req.path = "/v1/k";
+  req.body = "v";
+  req.hop = true;
+  req.hop_to = "q";
+  ApiResponse r = api_->Handle(req);
+  EXPECT_EQ(r.code, 421) << r.body;
+  EXPECT_NE(r.body.find("this node is p, not q"), std::string::npos) << r.body;
+  EXPECT_EQ(store_.Stats().keys, 0u);
+  req.hop_to = "p";
+  EXPECT_EQ(api_->Handle(req).code, 201);
+  req.hop_to.reset();  // "1", from a node before the name: taken as before
+  EXPECT_EQ(api_->Handle(req).code, 200);
+}
+
 // Every pod restarted with new IPs (`make run` again over kept volumes): a primary resolved
 // its replica's DNS name while it still gave the replica's old IP, now another node's, and
 // streamed to that node over a kept-alive connection for good. The other node was a replica of
