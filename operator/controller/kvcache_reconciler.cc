@@ -537,7 +537,10 @@ Status KVCacheReconciler::ReadPodsAndNodes(Pass& pass) {
   for (const auto& [name, pod] : pass.pods) {
     if (!pod.running) continue;
     StatusOr<NodeStatus> node = pass.admin->GetStatus(pass.NodeAddr(name));
-    if (node.ok()) pass.nodes[name] = *node;
+    // The address is a DNS name: after every pod came back with a new IP it can lead, for as
+    // long as DNS caches it, to the pod that had this one's IP before. Another node's answer
+    // is no answer from this one (it must never be promoted or pushed a move in its place).
+    if (node.ok() && (node->name.empty() || node->name == name)) pass.nodes[name] = *node;
   }
   return Status::Ok();
 }

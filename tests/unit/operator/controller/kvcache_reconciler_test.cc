@@ -403,6 +403,30 @@ TEST(KVCacheReconciler, NoFailoverWithoutAReachableReplica) {
   EXPECT_EQ(w.Condition("Available"), "False");
 }
 
+// All pods came back with new IPs: for a while the replica's DNS name can lead to the pod that
+// had its old IP. That pod's answer is not the replica's: it is never promoted in its place.
+TEST(KVCacheReconciler, AnotherNodeAnsweringAtAReplicasAddressIsNotPromoted) {
+  World w;
+  w.Create({{"shards", 1}, {"replicasPerShard", 1}, {"failover", {{"timeoutSeconds", 1}}}});
+  w.RunPods();
+  w.Converge();
+  w.stopped.insert("demo-0-0");
+  w.not_ready.insert("demo-0-0");
+  w.RunPods();
+  w.admin.At(World::Addr(0, 1)).status.name = "demo-7-1";  // someone else at that address
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  w.clock.Advance(seconds(2));
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  EXPECT_TRUE(w.admin.Promoted().empty());
+  std::string reason;
+  EXPECT_EQ(w.Condition("Degraded", &reason), "True");
+  EXPECT_EQ(reason, "NoPromotableReplica");
+  // The name leads to the replica again: promoted.
+  w.admin.At(World::Addr(0, 1)).status.name = "demo-0-1";
+  ASSERT_TRUE(w.Reconcile().status.ok());
+  EXPECT_EQ(w.admin.Promoted(), std::vector<std::string>{"demo-0-1"});
+}
+
 int OwnedSlots(const Json& status, int shard) {
   for (const Json& s : status["shards"]) {
     if (s["id"] == shard) return s["slotCount"];
