@@ -176,19 +176,24 @@ class LocalK8s:
     def operator_metrics(self):
         """{metric line name+labels: value} from the operator's metrics Service (ClusterIP)."""
         svc = self.get_json("svc", "-n", OPERATOR_NS, RELEASE + "-metrics")
-        ip, port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"]
-        conn = http.client.HTTPConnection(ip, port, timeout=10)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return scrape(svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"])
+
+
+def scrape(ip, port, timeout=10):
+    """{metric line name+labels: value} of http://ip:port/metrics (raises OSError and
+    http.client.HTTPException as http.client does)."""
+    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def conditions(kvc):
