@@ -401,6 +401,15 @@ ApiResponse NodeApi::HandleInternal(const ApiRequest& req) const {
     r.www_authenticate = true;
     return r;
   }
+  // Until the data directory is recovered and the journal attached (and again once the node
+  // is stopping), an admin write would reach the store but no log: an import acknowledged
+  // with sequence 0, which the source then deletes, lost at the next restart or overwritten by
+  // the replay; a replication batch or a promotion racing the replay likewise. Reads of state
+  // and topology pushes (not data) are served.
+  const bool reads_state = req.method == HttpMethod::kGet || req.method == HttpMethod::kHead;
+  if (!reads_state && req.path != "/internal/topology") {
+    if (auto unavailable = CheckServing()) return *unavailable;
+  }
   if (migrations_ != nullptr &&
       (req.path == "/internal/migrations" || req.path == "/internal/import")) {
     return HandleMigrationAdmin(req);

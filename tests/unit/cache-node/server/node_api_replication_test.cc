@@ -3,6 +3,7 @@
 // (only a primary with replicas starts senders, and these primaries have none).
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -39,7 +40,7 @@ class ReplicationApiTest : public ::testing::Test {
     replication_->OnTopology();
     ApiOptions api_options;
     api_options.cluster_token = kToken;
-    api_ = std::make_unique<NodeApi>(store_, clock_, api_options, [] { return true; },
+    api_ = std::make_unique<NodeApi>(store_, clock_, api_options, [this] { return ready_.load(); },
                                      [] { return std::string(); });
     api_->SetCluster(cluster_.get());
     api_->SetReplication(replication_.get());
@@ -68,6 +69,7 @@ class ReplicationApiTest : public ::testing::Test {
   std::unique_ptr<Replication> replication_;
   std::unique_ptr<NodeApi> api_;
   std::string path_, body_;
+  std::atomic<bool> ready_{true};  // the node's "data recovered" flag
 };
 
 TEST_F(ReplicationApiTest, ReplicaForwardsWritesAndReadsButServesReplicaReads) {
@@ -167,6 +169,31 @@ TEST_F(ReplicationApiTest, BatchesFromAnOldPrimaryAreFencedOverHttp) {
   h.epoch = 5;
   r = Call(HttpMethod::kPost, "/internal/replication", EncodeBatch(h, {}));
   EXPECT_EQ(r.code, 200) << r.body;
+  replication_->Stop();
+}
+
+// The admin API's writes wait for recovery: before the data directory is replayed and the
+// journal attached, a replication batch (or an import, or a promotion) would change the store
+// with no log behind it. 503 + Retry-After instead; status and topology are served.
+TEST_F(ReplicationApiTest, AdminWritesWaitUntilTheDataIsRecovered) {
+  SetUpNode("r", OneShard(1, "p", {"r"}));
+  replication_->Start();
+  ready_ = false;
+  BatchHeader h;
+  h.epoch = 1;
+  h.primary = "p";
+  h.replid = "x";
+  h.kind = BatchKind::kSyncBegin;
+  ApiResponse batch = Call(HttpMethod::kPost, "/internal/replication", EncodeBatch(h, {}));
+  EXPECT_EQ(batch.code, 503) << batch.body;
+  EXPECT_EQ(batch.retry_after_seconds, 1);
+  EXPECT_EQ(Call(HttpMethod::kPost, "/internal/promote", R"({"epoch": 2})").code, 503);
+  EXPECT_EQ(Call(HttpMethod::kPost, "/internal/step-down", R"({"pauseMs": 100})").code, 503);
+  EXPECT_EQ(replication_->role(), protocol::Role::kReplica);
+  EXPECT_EQ(Call(HttpMethod::kGet, "/internal/status").code, 200);
+  EXPECT_EQ(Call(HttpMethod::kGet, "/internal/topology").code, 200);
+  ready_ = true;
+  EXPECT_EQ(Call(HttpMethod::kPost, "/internal/replication", EncodeBatch(h, {})).code, 200);
   replication_->Stop();
 }
 
