@@ -530,7 +530,17 @@ ApiResponse NodeApi::MergeFanout(const ApiRequest& req, std::vector<ApiResponse>
   bool more = false;
   for (const ApiResponse& a : answers) {
     nlohmann::json doc = nlohmann::json::parse(a.body, nullptr, false);
-    if (!doc.is_object() || !doc["keys"].is_array()) continue;
+    // Another node's answer is input like a client's: one that is not a listing of string
+    // keys fails the listing (a throw here would end the forwarder's loop thread, and the node).
+    const bool listing = doc.is_object() && doc["keys"].is_array() &&
+                         std::all_of(doc["keys"].begin(), doc["keys"].end(),
+                                     [](const nlohmann::json& k) { return k.is_string(); });
+    if (!listing) {
+      ApiResponse r = Error(503, "a shard answered something that is not a listing: " +
+                                     a.body.substr(0, 200));
+      r.retry_after_seconds = 1;
+      return r;
+    }
     for (const auto& k : doc["keys"]) keys.push_back(k.get<std::string>());
     more = more || !doc["cursor"].is_null();
   }

@@ -224,6 +224,23 @@ TEST_F(NodeApiTest, MergeFanoutUnitesBothRoundsOfAListing) {
   EXPECT_EQ(merged["cursor"], HexEncode("b"));
 }
 
+// A shard's answer is input: keys that are not strings (or no listing at all) fail the listing
+// with 503, never an exception on the forwarder's thread (which ended the node).
+TEST_F(NodeApiTest, MergeFanoutRefusesAnAnswerThatIsNotAListing) {
+  ApiRequest list;
+  list.method = HttpMethod::kGet;
+  list.path = "/v1";
+  for (const char* bad : {R"({"keys": [1, "b"], "cursor": null})", R"({"keys": "a"})", "[]",
+                          "not json"}) {
+    ApiResponse own, other;
+    own.body = R"({"keys": ["a"], "count": 1, "cursor": null})";
+    other.body = bad;
+    ApiResponse merged = api_.MergeFanout(list, {own, other});
+    EXPECT_EQ(merged.code, 503) << bad;
+    EXPECT_EQ(merged.retry_after_seconds, 1) << bad;
+  }
+}
+
 TEST_F(NodeApiTest, HealthAndReadiness) {
   EXPECT_EQ(Call(HttpMethod::kGet, "/healthz").code, 200);
   EXPECT_EQ(Call(HttpMethod::kGet, "/readyz").code, 200);
