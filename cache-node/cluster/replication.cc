@@ -52,7 +52,7 @@ struct Replication::Sender {
   std::atomic<bool> connected{false};
   std::atomic<uint64_t> acked{0};
   pplx::cancellation_token_source cancel;
-  std::shared_ptr<http_client> client;
+  std::shared_ptr<http_client> client;  // the sender thread's alone (Post replaces it)
   std::thread thread;
 };
 
