@@ -16,6 +16,11 @@
 
 #include <atomic>
 #include <cctype>
+#include <charconv>
+#include <chrono>
+#include <ctime>
+#include <limits>
+#include <memory>
 #include <optional>
 #include <condition_variable>
 #include <cstdio>
@@ -26,6 +31,9 @@
 #include <tuple>
 
 #include <CLI/CLI.hpp>
+#include <fmt/chrono.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/formatter.h>
 #include <spdlog/spdlog.h>
 
 #include "cluster/cluster_view.h"
@@ -120,28 +128,61 @@ std::string HostName() {
   return name;
 }
 
-// "1048576", "512Mi", "2G": bytes with an optional Kubernetes-style suffix.
+// "1048576", "512Mi", "2G": bytes with an optional Kubernetes-style suffix. InvalidArgument for
+// anything else, including a count that does not fit in 64 bits (with or without its suffix).
 StatusOr<uint64_t> ParseBytes(std::string_view text) {
   size_t digits = 0;
   while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
   if (digits == 0) return InvalidArgumentError("not a byte count: \"" + std::string(text) + "\"");
-  uint64_t value = std::stoull(std::string(text.substr(0, digits)));
+  uint64_t value = 0;
+  if (std::from_chars(text.data(), text.data() + digits, value).ec != std::errc()) {
+    return InvalidArgumentError("byte count out of range: \"" + std::string(text) + "\"");
+  }
   std::string_view suffix = text.substr(digits);
   static const std::pair<std::string_view, uint64_t> kSuffixes[] = {
       {"", 1},          {"k", 1000},       {"K", 1000},       {"M", 1000000},
       {"G", 1000000000}, {"Ki", 1ULL << 10}, {"Mi", 1ULL << 20}, {"Gi", 1ULL << 30},
       {"Ti", 1ULL << 40}};
   for (const auto& [name, multiplier] : kSuffixes) {
-    if (suffix == name) return value * multiplier;
+    if (suffix != name) continue;
+    if (value > std::numeric_limits<uint64_t>::max() / multiplier) {
+      return InvalidArgumentError("byte count out of range: \"" + std::string(text) + "\"");
+    }
+    return value * multiplier;
   }
   return InvalidArgumentError("unknown size suffix \"" + std::string(suffix) +
                               "\" (use K, M, G, Ki, Mi, Gi or Ti)");
 }
 
+// --log-format json: one JSON object per line, {"ts", "level", "msg"}, the message escaped by
+// nlohmann (a pattern with "%v" pasted it raw: a quote or newline in a path or a peer's answer
+// broke the line; bytes that are not UTF-8 become U+FFFD).
+class JsonLineFormatter final : public spdlog::formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    const auto since_epoch = msg.time.time_since_epoch();
+    const std::time_t seconds = std::chrono::duration_cast<std::chrono::seconds>(since_epoch).count();
+    const auto micros =
+        std::chrono::duration_cast<std::chrono::microseconds>(since_epoch).count() % 1000000;
+    std::tm utc{};
+    gmtime_r(&seconds, &utc);
+    const std::string line =
+        nlohmann::ordered_json{{"ts", fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06d}Z", utc, micros)},
+                       {"level", std::string(spdlog::level::to_string_view(msg.level).data(),
+                                             spdlog::level::to_string_view(msg.level).size())},
+                       {"msg", std::string(msg.payload.data(), msg.payload.size())}}
+            .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    dest.append(line.data(), line.data() + line.size());
+    dest.push_back('\n');
+  }
+  std::unique_ptr<spdlog::formatter> clone() const override {
+    return std::make_unique<JsonLineFormatter>();
+  }
+};
+
 void ConfigureLogging(const Flags& flags) {
   if (flags.log_format == "json") {
-    spdlog::set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","msg":"%v"})",
-                        spdlog::pattern_time_type::utc);
+    spdlog::set_formatter(std::make_unique<JsonLineFormatter>());
   } else {
     // klog's layout: Lmmdd hh:mm:ss.uuuuuu threadid] message
     spdlog::set_pattern("%L%m%d %H:%M:%S.%f %6t] %v");

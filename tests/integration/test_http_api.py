@@ -410,15 +410,19 @@ def test_port_in_use_is_a_clear_error(node, tmp_path):
     assert "Failed to start HTTP server" in result.stdout + result.stderr
 
 
-def test_json_logs_are_one_object_per_line(node_factory):
-    n = node_factory("--log-format", "json")
+def test_json_logs_are_one_object_per_line(node_factory, tmp_path):
+    # A data directory whose name holds a quote, a backslash and a newline: every line it
+    # appears in is still one JSON object, with the name intact in "msg".
+    odd = tmp_path / 'we"ird\\dir\nname'
+    n = node_factory("--log-format", "json", data_dir=odd)
     assert n.stop() == 0
     lines = [line for line in n.log().splitlines() if line.strip()]
     assert len(lines) >= 3
     for line in lines:
         record = json.loads(line)
-        assert {"ts", "level", "msg"} <= record.keys()
+        assert list(record.keys()) == ["ts", "level", "msg"], record
     assert any(json.loads(line)["msg"].startswith("Received SIGTERM") for line in lines)
+    assert any(f"data_dir={odd}" in json.loads(line)["msg"] for line in lines)
 
 
 def test_bad_flags_are_refused_with_a_message(tmp_path):
@@ -429,3 +433,10 @@ def test_bad_flags_are_refused_with_a_message(tmp_path):
                                 capture_output=True, text=True, timeout=10)
         assert result.returncode != 0, args
         assert (result.stdout + result.stderr).strip(), args
+    # Sizes past 64 bits, with or without a suffix: exit 2 with the reason (an uncaught
+    # std::out_of_range aborted the node before).
+    for size in ("99999999999999999999", "99999999999Ti", "18446744073709551616"):
+        result = subprocess.run([NODE_BIN, "--max-memory", size, "--data-dir", str(tmp_path / "d")],
+                                capture_output=True, text=True, timeout=10)
+        assert result.returncode == 2, (size, result.returncode, result.stderr)
+        assert "byte count out of range" in result.stdout + result.stderr, size
