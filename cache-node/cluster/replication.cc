@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -87,6 +89,11 @@ void Replication::Start() {
   {
     std::lock_guard apply(apply_mu_);
     LoadState();
+    if (!options_.state_path.empty() && ::access(PartialMarkerPath().c_str(), F_OK) == 0) {
+      partial_copy_ = true;
+      logger_("A full sync was cut off before this start (" + PartialMarkerPath() +
+              "): this store is part of its shard, not promotable until a full sync completes");
+    }
   }
   started_ = true;
   control_ = std::thread([this] { ControlLoop(); });
@@ -674,8 +681,9 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
       follow_replid_ = h.replid;
       following_ = false;
       syncing_ = true;
-      // Set before the flush: from here until syncEnd the store is only part of the shard.
-      partial_copy_ = true;
+      // Set (and on disk) before the flush: from here until syncEnd the store is only part of
+      // the shard, across a restart too.
+      MarkPartialCopy(true);
       applied_ = 0;
       ++full_syncs_;
       StatusOr<uint64_t> flushed = store_.Flush();
@@ -690,9 +698,9 @@ std::pair<int, std::string> Replication::HandleBatch(std::string_view body) {
     case BatchKind::kSyncEnd:
       applied_ = h.after;
       syncing_ = false;
-      partial_copy_ = false;
       following_ = true;
       Checkpoint(h.after);
+      MarkPartialCopy(false);
       logger_("Full sync complete primary=" + h.primary + " offset=" + std::to_string(h.after) +
               " keys=" + std::to_string(store_.Stats().keys));
       break;
@@ -820,6 +828,39 @@ void Replication::Checkpoint(uint64_t applied) {
   // Everything applied so far is in the local log up to its current offset.
   checkpoints_.emplace_back(applied, log_.last_offset());
   if (checkpoints_.size() > 4096) checkpoints_.erase(checkpoints_.begin());
+}
+
+std::string Replication::PartialMarkerPath() const {
+  return options_.state_path + ".partial-copy";
+}
+
+void Replication::MarkPartialCopy(bool partial) {
+  partial_copy_ = partial;
+  if (options_.state_path.empty()) return;
+  const std::string path = PartialMarkerPath();
+  if (partial) {
+    int fd = ::open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
+    static constexpr char kText[] =
+        "A full sync from this node's primary is in progress or was cut off: the data here is "
+        "part of the shard. Removed when a full sync completes.\n";
+    const bool written = fd >= 0 && ::write(fd, kText, sizeof(kText) - 1) ==
+                                        static_cast<ssize_t>(sizeof(kText) - 1) &&
+                         ::fsync(fd) == 0;
+    if (fd >= 0) ::close(fd);
+    // Not fatal: the flag in memory still guards this process; only a restart would forget.
+    if (!written) logger_("Cannot write " + path + ": " + std::strerror(errno));
+  } else if (std::remove(path.c_str()) != 0 && errno != ENOENT) {
+    logger_("Cannot remove " + path + ": " + std::strerror(errno));
+    return;
+  }
+  // The entry itself (created or removed) is durable before the data changes.
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
 }
 
 void Replication::ForgetState() {

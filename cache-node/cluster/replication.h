@@ -110,7 +110,9 @@ class Replication {
 
   // True while the store holds only part of a full sync: from its syncBegin (which empties the
   // store) until its syncEnd. Unlike the stream state it describes the data, so a role change
-  // does not clear it; only a completed full sync does. Such a store is not its shard: a key
+  // does not clear it; only a completed full sync does. With a state_path it is also kept on
+  // disk (state_path + ".partial-copy", fsynced before the store is emptied), so a restart in
+  // the middle of a sync does not forget it. Such a store is not its shard: a key
   // missing here may exist, and a pass over it proves nothing (a slot move must not start).
   bool HoldsPartialCopy() const { return partial_copy_.load(); }
 
@@ -154,6 +156,10 @@ class Replication {
   void ObserveNewerEpoch(uint64_t epoch, const std::string& from);
   void OnTopologyLocked();
 
+  // Sets partial_copy_ and, with a state_path, creates (fsynced) or removes its marker file.
+  // REQUIRES: apply_mu_ held.
+  void MarkPartialCopy(bool partial);
+  std::string PartialMarkerPath() const;
   void RunSender(Sender& sender);
   // Sends one batch to sender's replica. A receiver that is not that replica (421) makes
   // it replace sender.client (a new connection, the name resolved again) and return

@@ -1,9 +1,12 @@
 // NodeApi with replication: role-aware routing of the node's own shard, fencing of forwarded
 // writes, promotion and the status route. No sockets: replicas listed here are never contacted
 // (only a primary with replicas starts senders, and these primaries have none).
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <filesystem>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -30,11 +33,14 @@ protocol::Topology OneShard(uint64_t epoch, std::string primary, std::vector<std
 
 class ReplicationApiTest : public ::testing::Test {
  protected:
-  void SetUpNode(const std::string& self, protocol::Topology topology) {
+  // state_path: ReplicationOptions::state_path (empty: no files).
+  void SetUpNode(const std::string& self, protocol::Topology topology,
+                 const std::string& state_path = "") {
     cluster_ = std::make_unique<ClusterView>(self);
     ASSERT_TRUE(cluster_->Update(std::move(topology)).ok());
     ReplicationOptions options;
     options.cluster_token = kToken;
+    options.state_path = state_path;
     replication_ = std::make_unique<Replication>(store_, *cluster_, log_, options,
                                                  [](const std::string&) {});
     replication_->OnTopology();
@@ -298,6 +304,44 @@ TEST_F(ReplicationApiTest, AReplicaCutOffInAFullSyncIsNotPromoted) {
   EXPECT_EQ(promoted.code, 200) << promoted.body;
   EXPECT_EQ(replication_->role(), protocol::Role::kPrimary);
   replication_->Stop();
+}
+
+// The same cut-off full sync, then the replica restarts before the primary is back: the
+// marker written (and fsynced) before syncBegin emptied the store keeps it unpromotable; the
+// next completed full sync removes it.
+TEST_F(ReplicationApiTest, AReplicaRestartedInTheMiddleOfAFullSyncIsStillNotPromoted) {
+  const std::string dir = ::testing::TempDir() + "/partial-copy-" +
+                          std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string state = dir + "/replication.json";
+  auto send = [&](BatchKind kind, std::vector<ReplRecord> records) {
+    BatchHeader h;
+    h.epoch = 1;
+    h.primary = "p";
+    h.replid = "term1";
+    h.kind = kind;
+    h.after = 1;
+    h.primary_offset = 1;
+    ApiResponse r = Call(HttpMethod::kPost, "/internal/replication", EncodeBatch(h, records));
+    ASSERT_EQ(r.code, 200) << r.body;
+  };
+  SetUpNode("r", OneShard(1, "p", {"r"}), state);
+  replication_->Start();
+  send(BatchKind::kSyncBegin, {});
+  EXPECT_TRUE(std::filesystem::exists(state + ".partial-copy"));
+  replication_->Stop();
+
+  // The restarted process: nothing in memory says "partial", the file does.
+  SetUpNode("r", OneShard(1, "p", {"r"}), state);
+  replication_->Start();
+  EXPECT_TRUE(replication_->HoldsPartialCopy());
+  EXPECT_EQ(Call(HttpMethod::kPost, "/internal/promote", R"({"epoch": 2})").code, 412);
+  send(BatchKind::kSyncBegin, {});
+  send(BatchKind::kSyncEnd, {});
+  EXPECT_FALSE(replication_->HoldsPartialCopy());
+  EXPECT_FALSE(std::filesystem::exists(state + ".partial-copy"));
+  replication_->Stop();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
