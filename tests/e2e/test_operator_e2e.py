@@ -396,7 +396,10 @@ def kill_and_keep_down(cluster, ns, pod, replica):
         return sum(c.get("restartCount", 0) for c in got["status"].get("containerStatuses", []))
     syncs = "kvcache_node_replication_full_syncs_total"
     before = restarts()
-    syncs_before = node_metrics(cluster, ns, replica)[syncs]
+    def replica_syncs():  # a tuple: 0 full syncs is an answer too
+        m = node_metrics(cluster, ns, replica)
+        return (m[syncs],) if syncs in m else None
+    syncs_before = await_condition(f"{replica}'s metrics", replica_syncs, timeout=60)[0]
     cluster.kill_pod(ns, pod)
     await_condition(f"{pod} restarted", lambda: restarts() > before, timeout=60)
 

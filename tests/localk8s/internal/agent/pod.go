@@ -56,6 +56,7 @@ type podRuntime struct {
 	infra     *proc // PID 1 of the pod's shared PID namespace (shareProcessNamespace), else nil
 
 	terminating bool
+	finishing   bool // Provider.finishPod has begun (the one caller that cleans up)
 	silent      bool // stopping for agent shutdown: report nothing to the API
 	tokenOwner  *int64
 	ctx         context.Context

@@ -196,13 +196,18 @@ func (p *Provider) DeletePod(_ context.Context, pod *corev1.Pod) error {
 // finishPod terminates pr, removes it from the provider and, if deleteObject, deletes the pod
 // object (grace 0, UID precondition) as the kubelet does once the pod is terminal.
 func (p *Provider) finishPod(pr *podRuntime, grace time.Duration, deleteObject bool) {
+	// Checked and set in one step: VK's DeletePod and the pod informer's delete event both come
+	// for a force-deleted pod, often at once, and two callers that both saw "not yet" closed
+	// pr.finished twice (a panic that ended the launcher, leaving the host dirty).
 	pr.mu.Lock()
-	already := pr.terminating
+	already := pr.finishing
+	pr.finishing = true
 	pr.mu.Unlock()
-	pr.terminate(grace, deleteObject)
 	if already {
+		<-pr.finished // the first caller stops the pod and cleans up
 		return
 	}
+	pr.terminate(grace, deleteObject)
 	pod := pr.snapshot()
 	p.logf("pod %s (%s): terminated (phase %s)", pr.key, pr.uid, pod.Status.Phase)
 	if deleteObject && p.client != nil {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -633,5 +634,36 @@ func TestFollowCRI(t *testing.T) {
 	}
 	if out.String() != "one\npartial\n" || errOut.String() != "oops\n" {
 		t.Errorf("stdout %q stderr %q", out.String(), errOut.String())
+	}
+}
+
+// VK's DeletePod and the pod informer's delete event can both finish a force-deleted pod at
+// the same moment: one caller stops it and cleans up, the others wait for that; nothing is done
+// twice (a second close of pr.finished panicked and took the whole launcher down). No sandbox
+// runs here: the pod never started, so stopping it needs no root.
+func TestFinishPodByConcurrentCallersCleansUpOnce(t *testing.T) {
+	p := NewProvider(context.Background(), Config{NodeName: "n", StateDir: t.TempDir()}, nil, "10.0.0.1")
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: "default", UID: "u1"}}
+	for round := 0; round < 50; round++ {
+		pr := newPodRuntime(p, pod)
+		pr.sandboxPhaseOver()
+		p.mu.Lock()
+		p.pods[pr.key] = pr
+		p.mu.Unlock()
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				p.finishPod(pr, 0, true)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if _, err := p.GetPod(context.Background(), "default", "web-0"); err == nil {
+			t.Fatalf("round %d: the pod is still in the provider", round)
+		}
 	}
 }
