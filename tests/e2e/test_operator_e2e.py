@@ -826,11 +826,28 @@ def test_control_plane_faults_do_not_stop_convergence(cluster, namespace):
     log(cluster.fault("compact-etcd"))
     log(cluster.fault("restart", "apiserver"))
 
+    def watches_resumed():
+        now = cluster.operator_metrics()
+        return (metric_sum(now, "kvcache_operator_kube_watch_restarts_total", "expired")
+                > metric_sum(before, "kvcache_operator_kube_watch_restarts_total", "expired"))
+    # The operator has noticed both faults (a watch resumed from a compacted resourceVersion got
+    # 410 and relisted) before it is throttled: its watches are live when the patch comes.
+    await_condition("the operator's watches resumed after the compaction", watches_resumed,
+                    timeout=120)
+
     def throttled_since(metrics):
         return (metric_sum(metrics, "kvcache_operator_kube_requests_total", 'code="429"')
                 - metric_sum(before, "kvcache_operator_kube_requests_total", 'code="429"'))
     try:
         cluster.kubectl("apply", "-f", "-", input=apf)
+        # The apiserver digests a new FlowSchema asynchronously (right after its restart, that
+        # took longer than the operator's burst of requests for the patch below, and no 429
+        # came): it marks the schema Dangling=False once digested, and only then is the
+        # operator made busy.
+        await_condition("the FlowSchema in force", lambda: cluster.kubectl(
+            "get", "flowschema", "e2e-operator-tight", "-o",
+            'jsonpath={.status.conditions[?(@.type=="Dangling")].status}').stdout.strip() == "False",
+            timeout=30, interval=0.1)
         cluster.kubectl("patch", "kvc", "demo", "-n", ns, "--type=merge",
                         "-p", '{"spec":{"replicasPerShard":1}}')
         await_condition("the operator answered 429",
